@@ -1,0 +1,33 @@
+# The two commands of the README's Quickstart:
+#   make lab    set everything up, then open the workbook in JupyterLab
+#   make test   set everything up, then run the unit tests and every notebook (nbval)
+#
+# "Set up" installs the workbook into the active virtual or conda environment, or,
+# when none is active, into .venv/ (created with access to packages already installed
+# on the system, so an existing PyTorch is reused instead of downloaded again).
+ifneq ($(VIRTUAL_ENV)$(CONDA_PREFIX),)
+PYTHON ?= python
+else
+PYTHON ?= .venv/bin/python
+endif
+
+.PHONY: setup lab test bench exercises retrain
+
+setup:
+	@test -x $(PYTHON) || command -v $(PYTHON) >/dev/null || python3 -m venv --system-site-packages .venv
+	$(PYTHON) -m pip install --quiet -e ".[dev]"
+
+lab: setup
+	$(PYTHON) -m jupyter lab notebooks/
+
+test: setup
+	$(PYTHON) -m pytest
+
+bench: setup
+	$(PYTHON) -m compresslab bench
+
+exercises: setup
+	$(PYTHON) -m compresslab exercises
+
+retrain: setup
+	$(PYTHON) -m compresslab checkpoints retrain --force

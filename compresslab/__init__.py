@@ -1,0 +1,17 @@
+"""compresslab: the helper package of a workbook on neural-network compression.
+
+One module per idea; the notebooks in ``notebooks/`` import from here:
+
+* :mod:`compresslab.data`     MNIST / CIFAR-10 as in-memory tensors, offline-ready caches
+* :mod:`compresslab.models`   LeNet-300-100, LeNet-5 (Caffe), a small VGG-style CIFAR CNN
+* :mod:`compresslab.train`    fit / fine_tune / evaluate, seeded and device-agnostic
+* :mod:`compresslab.zoo`      pretrained baselines with verified checksums
+* :mod:`compresslab.metrics`  parameters, sparsity, bytes, FLOPs, latency
+* :mod:`compresslab.viz`      one plotting style for the whole workbook
+"""
+from .data import Dataset, DatasetNotFoundError, load_dataset
+from .models import build_model, cifar_cnn, lenet5, lenet300
+from .train import evaluate, fine_tune, fit, get_device, predict, seed_everything
+from .zoo import ChecksumError, load_pretrained
+
+__version__ = "0.1.0"

@@ -1,0 +1,245 @@
+"""The yardsticks every notebook reports: parameters, sparsity, bytes, FLOPs and latency.
+
+Definitions (for a weight tensor W with n entries, nnz of them non-zero):
+
+* sparsity        = 1 - nnz / n                      (0 = dense, 0.9 = 90 % zeros)
+* compression     = n / nnz                          (Han et al.'s "12x fewer weights")
+* dense size      = n * b / 8 bytes at b bits per weight (32 for float32)
+* sparse size     = CSR storage of every weight matrix (reshaped to rows x columns):
+                    nnz * (b + index_bits) / 8 + (rows + 1) * 4 bytes of row pointers;
+                    index_bits = bits needed to name a column, rounded up to 8 or 16 or 32
+* gzip size       = what ``gzip`` makes of the raw float32 bytes (zeros compress well)
+* FLOPs           = counted by ``torch.utils.flop_counter`` (1 multiply-add = 2 FLOPs)
+* effective FLOPs = each conv / linear layer's FLOPs times its weight density: a zero
+                    weight's multiply-adds could be skipped by a sparse kernel
+* latency         = median wall time of one forward pass, ``torch.utils.benchmark``
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import math
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils import benchmark
+from torch.utils.flop_counter import FlopCounterMode
+
+PRUNABLE = (nn.Linear, nn.Conv2d, nn.Conv1d)
+
+
+def weight_of(module: nn.Module) -> torch.Tensor:
+    """The weight a forward pass uses: with a pruning mask applied, if there is one."""
+    return module.weight.detach()
+
+
+def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """The conv and linear layers, by name: the layers whose weights we count and prune."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, PRUNABLE)}
+
+
+def all_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every tensor the model computes with (parameters and pruned weights), by name.
+
+    With ``torch.nn.utils.prune`` the parameter is ``weight_orig`` and the used tensor
+    ``weight`` = ``weight_orig * weight_mask``; we count the latter.
+    """
+    out = {}
+    for mname, m in model.named_modules():
+        for pname, p in m.named_parameters(recurse=False):
+            if pname.endswith("_orig"):
+                pname = pname[: -len("_orig")]
+                p = getattr(m, pname)
+            out[f"{mname}.{pname}" if mname else pname] = p.detach()
+    return out
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(t.numel() for t in all_weights(model).values())
+
+
+def count_nonzero(model: nn.Module) -> int:
+    return sum(int(torch.count_nonzero(t)) for t in all_weights(model).values())
+
+
+def sparsity(model_or_tensor: nn.Module | torch.Tensor) -> float:
+    """Fraction of zeros, over a tensor or over all of a model's weights and biases."""
+    if isinstance(model_or_tensor, torch.Tensor):
+        t = model_or_tensor
+        return 1.0 - int(torch.count_nonzero(t)) / max(t.numel(), 1)
+    n = count_parameters(model_or_tensor)
+    return 1.0 - count_nonzero(model_or_tensor) / max(n, 1)
+
+
+def weight_sparsity(model: nn.Module) -> float:
+    """Fraction of zeros among the conv / linear weights only (biases left out, as in the papers)."""
+    ws = [weight_of(m) for m in prunable_layers(model).values()]
+    return 1.0 - sum(int(torch.count_nonzero(w)) for w in ws) / max(sum(w.numel() for w in ws), 1)
+
+
+def layer_table(model: nn.Module) -> pd.DataFrame:
+    """One row per conv / linear layer: shape, weights, non-zeros, kept fraction."""
+    rows = []
+    for name, m in prunable_layers(model).items():
+        w = weight_of(m)
+        nnz = int(torch.count_nonzero(w))
+        rows.append({"layer": name, "type": type(m).__name__, "shape": tuple(w.shape),
+                     "weights": w.numel(), "nonzero": nnz, "kept_%": 100.0 * nnz / w.numel(),
+                     "sparsity_%": 100.0 * (1 - nnz / w.numel())})
+    return pd.DataFrame(rows).set_index("layer")
+
+
+def index_bits(columns: int) -> int:
+    """Bits of an unsigned integer type (8, 16, 32) able to name any of ``columns`` columns."""
+    need = max(1, math.ceil(math.log2(max(columns, 2))))
+    return next(b for b in (8, 16, 32) if b >= need)
+
+
+def csr_bytes(t: torch.Tensor, value_bits: int = 32) -> float:
+    """Bytes of ``t`` in CSR form: values + column indices + 32-bit row pointers.
+
+    A vector (bias) has no sparse form worth the index: it is stored dense.
+    """
+    if t.dim() < 2:
+        return t.numel() * value_bits / 8
+    m = t.reshape(t.shape[0], -1)
+    nnz = int(torch.count_nonzero(m))
+    return nnz * (value_bits + index_bits(m.shape[1])) / 8 + (m.shape[0] + 1) * 4
+
+
+def model_size(model: nn.Module, storage: str = "dense", bits: int = 32) -> float:
+    """Model size in bytes: ``storage`` is 'dense' (every weight at ``bits`` bits),
+    'sparse' (CSR, index overhead counted) or 'gzip' (gzip of the raw float32 bytes)."""
+    weights = all_weights(model)
+    if not 1 <= bits <= 32:
+        raise ValueError(f"bits must be between 1 and 32, got {bits}.")
+    if storage == "dense":
+        return sum(t.numel() for t in weights.values()) * bits / 8
+    if storage == "sparse":
+        return sum(csr_bytes(t, bits) for t in weights.values())
+    if storage == "gzip":
+        raw = b"".join(t.cpu().float().numpy().tobytes() for t in weights.values())
+        return float(len(gzip.compress(raw, compresslevel=9, mtime=0)))
+    raise ValueError(f"Unknown storage {storage!r}: use 'dense', 'sparse' or 'gzip'.")
+
+
+def example_input(model: nn.Module, input_shape, batch_size: int = 1) -> torch.Tensor:
+    """A random input of ``(batch_size, *input_shape)`` on the model's device."""
+    p = next(model.parameters(), None)
+    device = p.device if p is not None else torch.device("cpu")
+    return torch.randn(batch_size, *input_shape, device=device)
+
+
+def run_checked(model: nn.Module, x: torch.Tensor):
+    """Run ``model(x)``; a shape mismatch becomes an error that says what was expected."""
+    try:
+        return model(x)
+    except RuntimeError as e:
+        raise ValueError(f"The model cannot take an input of shape {tuple(x.shape[1:])} "
+                         f"(without the batch dimension): {e}. Pass input_shape=(1, 28, 28) "
+                         "for MNIST models or (3, 32, 32) for CIFAR-10 ones.") from e
+
+
+def check_input_shape(input_shape) -> tuple[int, ...]:
+    shape = tuple(int(s) for s in input_shape)
+    if not shape or any(s < 1 for s in shape):
+        raise ValueError(f"input_shape must be a non-empty tuple of positive sizes without "
+                         f"the batch dimension, e.g. (1, 28, 28); got {input_shape!r}.")
+    return shape
+
+
+@torch.no_grad()
+def flops_by_layer(model: nn.Module, input_shape, batch_size: int = 1) -> pd.Series:
+    """FLOPs of one forward pass per conv / linear layer, from torch's flop counter."""
+    shape = check_input_shape(input_shape)
+    was_training = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with counter:
+        run_checked(model, example_input(model, shape, batch_size))
+    model.train(was_training)
+    counts = counter.get_flop_counts()
+    # The counter names modules by their path under the root, e.g. "Sequential.conv1".
+    root = type(model).__name__
+    out = {name: sum(counts.get(f"{root}.{name}", {}).values())
+           for name in prunable_layers(model)}
+    out["total"] = sum(counts.get("Global", {}).values())
+    return pd.Series(out, dtype="int64")
+
+
+def flops(model: nn.Module, input_shape, batch_size: int = 1) -> int:
+    """Total FLOPs of one forward pass (a multiply-add counts as 2)."""
+    return int(flops_by_layer(model, input_shape, batch_size)["total"])
+
+
+def effective_flops(model: nn.Module, input_shape, batch_size: int = 1) -> int:
+    """FLOPs a perfectly sparse kernel would do: each layer's FLOPs times its density."""
+    per_layer = flops_by_layer(model, input_shape, batch_size)
+    layers = prunable_layers(model)
+    dense_part = sum(per_layer[n] for n in layers)
+    sparse_part = sum(per_layer[n] * (1 - sparsity(weight_of(m))) for n, m in layers.items())
+    return int(round(per_layer["total"] - dense_part + sparse_part))
+
+
+@torch.no_grad()
+def latency(model: nn.Module, input_shape, batch_size: int = 1, min_run_time: float = 0.5,
+            num_threads: int | None = None) -> dict[str, float]:
+    """Forward-pass wall time in milliseconds: median and interquartile range.
+
+    ``torch.utils.benchmark.Timer`` warms up, synchronizes CUDA, and repeats until
+    ``min_run_time`` seconds are spent; the median resists the odd slow run.
+    """
+    shape = check_input_shape(input_shape)
+    was_training = model.training
+    model.eval()
+    x = example_input(model, shape, batch_size)
+    run_checked(model, x)  # warm-up, and a clear error for a wrong shape
+    timer = benchmark.Timer(stmt="model(x)", globals={"model": model, "x": x},
+                            num_threads=num_threads or torch.get_num_threads())
+    m = timer.blocked_autorange(min_run_time=min_run_time)
+    model.train(was_training)
+    return {"median_ms": m.median * 1e3, "iqr_ms": m.iqr * 1e3, "runs": len(m.times)}
+
+
+def compare(models: dict[str, nn.Module], input_shape, test_loader=None,
+            latency_batches: tuple[int, ...] = (1, 256), min_run_time: float = 0.5) -> pd.DataFrame:
+    """One table, one row per model: accuracy, parameters, sizes, FLOPs, latency.
+
+    Pass ``latency_batches=()`` to skip the timing (the slowest column).
+    """
+    from .train import evaluate
+
+    rows = []
+    for name, model in models.items():
+        row = {"model": name}
+        if test_loader is not None:
+            row["accuracy_%"] = evaluate(model, test_loader)["accuracy"]
+        n, nnz = count_parameters(model), count_nonzero(model)
+        row.update({
+            "params": n, "nonzero": nnz, "compression_x": n / max(nnz, 1),
+            "dense_KB": model_size(model, "dense") / 1024,
+            "sparse_KB": model_size(model, "sparse") / 1024,
+            "gzip_KB": model_size(model, "gzip") / 1024,
+            "MFLOPs": flops(model, input_shape) / 1e6,
+            "eff_MFLOPs": effective_flops(model, input_shape) / 1e6,
+        })
+        for b in latency_batches:
+            row[f"latency_b{b}_ms"] = latency(model, input_shape, b, min_run_time)["median_ms"]
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("model")
+
+
+def state_bytes(model: nn.Module) -> int:
+    """Bytes of ``torch.save(model.state_dict())``: the checkpoint a user would ship."""
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    return buf.getbuffer().nbytes
+
+
+def confusion_matrix(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> np.ndarray:
+    """counts[i, j] = how many samples of true class i were predicted as class j."""
+    pred = logits.argmax(1)
+    idx = labels * num_classes + pred
+    return torch.bincount(idx, minlength=num_classes ** 2).reshape(num_classes, num_classes).numpy()

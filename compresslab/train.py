@@ -1,0 +1,165 @@
+"""Training and evaluation: ``fit``, ``fine_tune``, ``evaluate``, ``predict``.
+
+One plain loop, written out so that a student can read it: for each batch,
+forward -> loss -> backward -> optimizer step -> learning-rate step. Later notebooks plug
+into it through two arguments instead of copying it:
+
+* ``loss_fn(model, x, y) -> loss``  e.g. a distillation loss that also runs a teacher;
+* ``after_step(step)``              e.g. re-applying a pruning mask or a gradual schedule.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+
+def get_device(prefer: str | None = None) -> torch.device:
+    """CUDA if present, then Apple's MPS, else the CPU (or whatever ``prefer`` names)."""
+    if prefer:
+        return torch.device(prefer)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices) in one call."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bfloat16 mixed precision where asked for (fast on CPUs with AMX and on GPUs)."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """All logits and labels of a loader, on the CPU."""
+    device = device or model_device(model)
+    was_training = model.training
+    model.eval()
+    logits, labels = [], []
+    for x, y in loader:
+        logits.append(model(x.to(device)).float().cpu())
+        labels.append(y.cpu())
+    model.train(was_training)
+    return torch.cat(logits), torch.cat(labels)
+
+
+def evaluate(model: nn.Module, loader, device: torch.device | None = None) -> dict[str, float]:
+    """Mean cross-entropy and accuracy (in %) over a loader."""
+    logits, labels = predict(model, loader, device)
+    return {"loss": nn.functional.cross_entropy(logits, labels).item(),
+            "accuracy": 100.0 * (logits.argmax(1) == labels).float().mean().item()}
+
+
+def lr_at(step: int, total: int, peak: float, schedule: str, warmup: float = 0.15) -> float:
+    """Learning rate at a step: 'constant', 'cosine' decay, or 'onecycle' (linear up for
+    the first ``warmup`` fraction, then linear down to zero)."""
+    t = step / max(total, 1)
+    if schedule == "constant":
+        return peak
+    if schedule == "cosine":
+        return 0.5 * peak * (1 + math.cos(math.pi * t))
+    if schedule == "onecycle":
+        return peak * (t / warmup if t < warmup else (1 - t) / (1 - warmup))
+    raise ValueError(f"Unknown schedule {schedule!r}: use 'constant', 'cosine' or 'onecycle'.")
+
+
+def fit(model: nn.Module, train_loader, epochs: int, lr: float = 0.05, *,
+        test_loader=None, optimizer: str = "sgd", momentum: float = 0.9, weight_decay: float = 5e-4,
+        label_smoothing: float = 0.0, schedule: str = "onecycle", seed: int = 0,
+        loss_fn: Callable | None = None, after_step: Callable[[int], None] | None = None,
+        mixed_precision: bool = False, device: torch.device | str | None = None,
+        progress: bool = True, desc: str = "train") -> pd.DataFrame:
+    """Train with SGD + Nesterov momentum (or ``optimizer="adam"``); return the history.
+
+    The SGD update is w <- w - lr_t * (m_t + wd * w) with momentum m; ``lr_t`` follows
+    ``schedule``. One row per epoch: epoch, lr, train_loss, seconds, test_loss, test_acc.
+    """
+    if epochs < 0:
+        raise ValueError(f"epochs must be >= 0, got {epochs}.")
+    seed_everything(seed)
+    device = get_device(device) if not isinstance(device, torch.device) else device
+    model.to(device).train()
+    # oneDNN (CPU) and cuDNN run convolutions fastest in NHWC ("channels last") layout.
+    nhwc = device.type in ("cpu", "cuda") and any(isinstance(m, nn.Conv2d) for m in model.modules())
+    if nhwc:
+        model.to(memory_format=torch.channels_last)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=momentum > 0,
+                              weight_decay=weight_decay)
+    elif optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    else:
+        raise ValueError(f"Unknown optimizer {optimizer!r}: use 'sgd' or 'adam'.")
+    criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    if loss_fn is None:
+        def loss_fn(m, x, y):
+            return criterion(m(x), y)
+
+    total, step, rows, last_test = epochs * len(train_loader), 0, [], {}
+    bar = tqdm(total=total, desc=desc, disable=not progress, leave=False)
+    for epoch in range(1, epochs + 1):
+        start, loss_sum, n = time.perf_counter(), 0.0, 0
+        for x, y in train_loader:
+            x, y = x.to(device), y.to(device)
+            if nhwc:
+                x = x.contiguous(memory_format=torch.channels_last)
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, total, lr, schedule)
+            with autocast(device, mixed_precision):
+                loss = loss_fn(model, x, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            if after_step is not None:
+                after_step(step)
+            loss_sum += loss.item() * len(y)
+            n += len(y)
+            bar.update(1)
+            bar.set_postfix(epoch=epoch, loss=f"{loss_sum / n:.3f}", **last_test)
+        row = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], "train_loss": loss_sum / n,
+               "seconds": time.perf_counter() - start}
+        if test_loader is not None:
+            res = evaluate(model, test_loader, device)
+            row.update(test_loss=res["loss"], test_acc=res["accuracy"])
+            last_test = {"test_acc": f"{res['accuracy']:.2f}%"}
+            model.train()
+        rows.append(row)
+    bar.close()
+    model.eval()
+    return pd.DataFrame(rows)
+
+
+def fine_tune(model: nn.Module, train_loader, epochs: int, lr: float = 0.005, **kwargs) -> pd.DataFrame:
+    """Retrain a compressed model briefly at a small, constant learning rate.
+
+    Han et al. (2015) retrain pruned networks at 1/10 of the original learning rate:
+    the surviving weights only need to adjust, not to learn from scratch.
+    """
+    kwargs.setdefault("schedule", "constant")
+    kwargs.setdefault("desc", "fine-tune")
+    return fit(model, train_loader, epochs, lr, **kwargs)

@@ -1,0 +1,110 @@
+"""One plotting style for the whole workbook, and the plots the notebooks share.
+
+Colours come from seaborn's colour-blind-safe palette; every plot labels its axes with
+units and takes a title that states the takeaway.
+"""
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import torch
+from torch import nn
+
+from .metrics import prunable_layers, weight_of
+
+
+def set_theme() -> None:
+    """The workbook's look: seaborn 'whitegrid', colour-blind palette, readable fonts."""
+    sns.set_theme(style="whitegrid", palette="colorblind", context="notebook",
+                  rc={"figure.figsize": (7, 4), "figure.dpi": 90, "axes.titleweight": "bold"})
+
+
+def show_images(images: torch.Tensor, labels=None, classes=None, rows: int = 2, title: str = ""):
+    """A grid of uint8 images (N, C, H, W) with their labels as captions."""
+    n = len(images)
+    cols = int(np.ceil(n / rows))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.5 * rows))
+    for i, ax in enumerate(np.atleast_1d(axes).ravel()):
+        ax.axis("off")
+        if i >= n:
+            continue
+        img = images[i].permute(1, 2, 0).numpy()
+        ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray")
+        if labels is not None:
+            lab = int(labels[i])
+            ax.set_title(classes[lab] if classes else str(lab), fontsize=9)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_weight_histogram(model_or_tensor, bins: int = 120, ax=None, title: str = "Weight distribution",
+                          label: str | None = None, skip_zeros: bool = False):
+    """Histogram of all conv / linear weights (or of one tensor)."""
+    if isinstance(model_or_tensor, nn.Module):
+        w = torch.cat([weight_of(m).flatten().cpu() for m in prunable_layers(model_or_tensor).values()])
+    else:
+        w = model_or_tensor.detach().flatten().cpu()
+    if skip_zeros:
+        w = w[w != 0]
+    ax = ax or plt.gca()
+    ax.hist(w.numpy(), bins=bins, alpha=0.75, label=label)
+    ax.set(xlabel="weight value", ylabel="count", title=title)
+    if label:
+        ax.legend()
+    return ax
+
+
+def plot_layer_bars(values: pd.Series | dict, ylabel: str, title: str, ax=None, fmt: str = "{:.0f}"):
+    """One bar per layer, each labelled with its value (e.g. kept weights in %)."""
+    s = pd.Series(values)
+    ax = ax or plt.gca()
+    bars = ax.bar(s.index.astype(str), s.values, color=sns.color_palette("colorblind")[0])
+    ax.bar_label(bars, labels=[fmt.format(v) for v in s.values], fontsize=8)
+    ax.set(xlabel="layer", ylabel=ylabel, title=title)
+    return ax
+
+
+def plot_history(history: pd.DataFrame, title: str = "Training curves"):
+    """Loss and test accuracy per epoch from the DataFrame ``fit`` returns."""
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.5))
+    a1.plot(history["epoch"], history["train_loss"], marker="o", label="train")
+    if "test_loss" in history:
+        a1.plot(history["epoch"], history["test_loss"], marker="o", label="test")
+    a1.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss")
+    a1.legend()
+    if "test_acc" in history:
+        a2.plot(history["epoch"], history["test_acc"], marker="o", color="C2")
+    a2.set(xlabel="epoch", ylabel="test accuracy (%)", title="Accuracy")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_tradeoff(df: pd.DataFrame, x: str, y: str = "accuracy_%", hue: str | None = None,
+                  label: str | None = None, ax=None, title: str = "Accuracy versus size",
+                  xlabel: str | None = None, logx: bool = False):
+    """Scatter-and-line plot of accuracy against a cost (size, FLOPs, latency).
+
+    ``label`` names a column whose values are written next to each point.
+    """
+    ax = ax or plt.gca()
+    sns.lineplot(data=df, x=x, y=y, hue=hue, marker="o", ax=ax, sort=True)
+    if label:
+        for _, r in df.iterrows():
+            ax.annotate(str(r[label]), (r[x], r[y]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    if logx:
+        ax.set_xscale("log")
+    ax.set(xlabel=xlabel or x, ylabel="test accuracy (%)" if y == "accuracy_%" else y, title=title)
+    return ax
+
+
+def plot_confusion(counts: np.ndarray, classes, title: str = "Confusion matrix", ax=None):
+    """Heatmap of a confusion matrix (rows: true class, columns: predicted class)."""
+    ax = ax or plt.gca()
+    sns.heatmap(counts, annot=True, fmt="d", cmap="Blues", cbar=False, ax=ax,
+                xticklabels=classes, yticklabels=classes, annot_kws={"fontsize": 7})
+    ax.set(xlabel="predicted class", ylabel="true class", title=title)
+    return ax

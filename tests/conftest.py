@@ -1,0 +1,23 @@
+import numpy as np
+import pytest
+
+from compresslab import data
+
+
+@pytest.fixture
+def isolated_data(tmp_path, monkeypatch):
+    """Point the data layer at empty temporary folders (no real cache visible)."""
+    monkeypatch.setattr(data, "DATA_DIR", tmp_path / "data")
+    monkeypatch.delenv(data.ENV_VAR, raising=False)
+    return tmp_path
+
+
+def fake_arrays(name, n_train=50, n_test=20, seed=0):
+    rng = np.random.default_rng(seed)
+    shape = data.SHAPES[name]
+    return {
+        "x_train": rng.integers(0, 256, (n_train, *shape), dtype=np.uint8),
+        "y_train": (np.arange(n_train) % 10).astype(np.uint8),
+        "x_test": rng.integers(0, 256, (n_test, *shape), dtype=np.uint8),
+        "y_test": (np.arange(n_test) % 10).astype(np.uint8),
+    }
