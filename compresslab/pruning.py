@@ -55,12 +55,13 @@ CRITERIA: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 
 
 def check_amount(amount: float | int, numel: int) -> int:
-    """How many weights to prune: a fraction in [0, 1] or a count in [0, numel]."""
+    """How many weights to prune. As in ``torch.nn.utils.prune``: a float is a fraction in
+    [0, 1], an int is a count in [0, numel]."""
     if isinstance(amount, bool) or not isinstance(amount, (int, float)):
-        raise TypeError(f"amount must be a fraction in [0, 1] or an int count, got {amount!r}.")
-    if isinstance(amount, int) and amount > 1:
-        if amount > numel:
-            raise ValueError(f"Cannot prune {amount} weights out of {numel}.")
+        raise TypeError(f"amount must be a float fraction in [0, 1] or an int count, got {amount!r}.")
+    if isinstance(amount, int):
+        if not 0 <= amount <= numel:
+            raise ValueError(f"Cannot prune {amount} weights out of {numel}: an int amount is a count.")
         return amount
     if not 0.0 <= amount <= 1.0:
         raise ValueError(f"amount must be a fraction in [0, 1], got {amount}.")
@@ -242,8 +243,11 @@ class SoftPruner:
     def __init__(self, model, amount, criterion="magnitude", scope="global", layers=None, exclude=()):
         self.model, self.amount = model, amount
         self.kwargs = dict(criterion=criterion, layers=layers, exclude=exclude)
-        self.make = {"global": global_masks, "layerwise": layerwise_masks}[scope]
-        check_amount(amount, 1)
+        if scope not in ("global", "layerwise"):
+            raise ValueError(f"scope must be 'global' or 'layerwise', got {scope!r}.")
+        self.make = global_masks if scope == "global" else layerwise_masks
+        layers_ = select_layers(model, layers, exclude)
+        check_amount(amount, sum(m.weight.numel() for m in layers_.values()))
 
     @torch.no_grad()
     def __call__(self, step: int | None = None) -> None:

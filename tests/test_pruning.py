@@ -94,6 +94,14 @@ def test_bad_amounts(bad):
         pruning.prune_model(two_layers(), bad)
 
 
+def test_int_amount_is_a_count_as_in_torch():
+    ours, theirs = two_layers(), two_layers()
+    pruning.prune_model(ours, 1, scope="layerwise", layers=["0"])
+    prune.l1_unstructured(theirs[0], "weight", amount=1)
+    assert int((ours[0].weight_mask == 0).sum()) == 1
+    assert torch.equal(ours[0].weight_mask, theirs[0].weight_mask)
+
+
 def test_bad_counts_layers_and_scope():
     with pytest.raises(ValueError, match="Cannot prune 1000 weights"):
         pruning.prune_model(two_layers(), 1000, scope="layerwise")
