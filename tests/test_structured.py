@@ -1,0 +1,105 @@
+from collections import OrderedDict
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from compresslab import structured
+from compresslab.metrics import count_parameters
+from compresslab.models import build_model
+
+
+def with_running_stats(model, shape, seed=0):
+    """Give the BatchNorms non-trivial statistics, as a trained model has."""
+    torch.manual_seed(seed)
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(16, *shape))
+    return model.eval()
+
+
+@pytest.mark.parametrize("amount", [0.25, 0.5, 3])
+def test_filter_selection_matches_ln_structured(amount):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 16, 3)
+    keep = structured.keep_strongest(structured.filter_norms(conv.weight, p=1), amount)
+    prune.ln_structured(conv, "weight", amount=amount, n=1, dim=0)
+    kept_by_torch = conv.weight_mask.flatten(1).any(1).nonzero().squeeze(1)
+    assert torch.equal(keep, kept_by_torch)
+
+
+@pytest.mark.parametrize("name,shape,amounts", [
+    ("cifar_cnn", (3, 32, 32), {"conv1": 0.5, "conv2": 0.25, "conv3": 0.5, "conv4": 0.3, "conv5": 0.6, "conv6": 0.5}),
+    ("lenet5", (1, 28, 28), {"conv1": 0.5, "conv2": 0.6, "fc1": 0.7}),
+])
+def test_shrunk_model_computes_what_the_masked_model_computes(name, shape, amounts):
+    model = with_running_stats(build_model(name, seed=1), shape)
+    plan = structured.channel_plan(model, amounts)
+    small = structured.shrink(model, plan, shape)
+    masked = structured.mask_channels(model, plan).eval()
+    x = torch.randn(8, *shape)
+    torch.testing.assert_close(small(x), masked(x), rtol=1e-4, atol=1e-5)
+    assert count_parameters(small) < count_parameters(build_model(name)) * 0.8
+    assert not any(hasattr(m, "weight_mask") for m in small.modules())
+
+
+def test_shrunk_shapes():
+    model = build_model("cifar_cnn")
+    small = structured.prune_filters(model, {"conv1": 0.5, "conv6": 0.75}, (3, 32, 32))
+    assert small.conv1.weight.shape == (32, 3, 3, 3) and small.bn1.num_features == 32
+    assert small.conv2.weight.shape == (64, 32, 3, 3)
+    assert small.conv6.weight.shape == (64, 256, 3, 3) and small.fc.weight.shape == (10, 64)
+
+
+def residual_net():
+    return nn.Sequential(OrderedDict([
+        ("conv0", nn.Conv2d(3, 8, 3, padding=1)), ("bn0", nn.BatchNorm2d(8)), ("relu0", nn.ReLU()),
+        ("block", structured.ResidualBlock(8, hidden=6)),
+        ("gpool", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten()), ("fc", nn.Linear(8, 4)),
+    ]))
+
+
+def test_residual_block_channels_are_pruned_together():
+    model = with_running_stats(residual_net(), (3, 12, 12))
+    plan = structured.channel_plan(model, {"conv0": 0.5, "block.conv1": 0.5})
+    small = structured.shrink(model, plan, (3, 12, 12))
+    assert small.block.conv2.out_channels == 4 and small.block.conv1.out_channels == 3
+    # the masked equivalent: the stream's channels are zeroed where produced and where added
+    masked = structured.mask_channels(model, {**plan, "block.conv2": plan["conv0"]}).eval()
+    x = torch.randn(5, 3, 12, 12)
+    torch.testing.assert_close(small(x), masked(x), rtol=1e-4, atol=1e-5)
+
+
+def test_residual_block_with_other_channels_is_refused():
+    model = residual_net()
+    plan = {"conv0": torch.tensor([0, 1, 2, 3]), "block": torch.tensor([4, 5, 6, 7])}
+    with pytest.raises(ValueError, match="Residual block 'block'.*addition"):
+        structured.shrink(model, plan, (3, 12, 12))
+
+
+def test_bad_inputs():
+    model = build_model("cifar_cnn")
+    with pytest.raises(ValueError, match="leave none"):
+        structured.channel_plan(model, {"conv1": 1.0})
+    with pytest.raises(ValueError, match="fraction in"):
+        structured.channel_plan(model, {"conv1": 1.5})
+    with pytest.raises(ValueError, match="not a Conv2d or Linear"):
+        structured.channel_plan(model, {"bn1": 0.5})
+    odd = nn.Sequential(OrderedDict([("conv", nn.Conv2d(3, 4, 3)), ("gru", nn.GRU(4, 4))]))
+    with pytest.raises(ValueError, match="'gru'.*not supported"):
+        structured.shrink(odd, {"conv": torch.tensor([0, 1])}, (3, 8, 8))
+
+
+def test_same_shapes_and_parameter_count_as_torch_pruning():
+    tp = pytest.importorskip("torch_pruning")
+    ratios = {"conv1": 0.25, "conv2": 0.5, "conv3": 0.25, "conv4": 0.5, "conv5": 0.25, "conv6": 0.5}
+    ours = structured.prune_filters(build_model("cifar_cnn", seed=0), ratios, (3, 32, 32))
+    theirs = build_model("cifar_cnn", seed=0)
+    pruner = tp.pruner.MetaPruner(
+        theirs, torch.randn(1, 3, 32, 32), importance=tp.importance.MagnitudeImportance(p=1),
+        pruning_ratio_dict={getattr(theirs, n): r for n, r in ratios.items()}, ignored_layers=[theirs.fc])
+    pruner.step()
+    assert [tuple(p.shape) for p in ours.parameters()] == [tuple(p.shape) for p in theirs.parameters()]
+    assert count_parameters(ours) == count_parameters(theirs)
