@@ -150,6 +150,8 @@ def fit(model: nn.Module, train_loader, epochs: int, lr: float = 0.05, *,
             model.train()
         rows.append(row)
     bar.close()
+    if nhwc:  # leave the model in the layout it came in: latency comparisons stay fair
+        model.to(memory_format=torch.contiguous_format)
     model.eval()
     return pd.DataFrame(rows)
 
