@@ -260,10 +260,6 @@ class Loader:
     def __len__(self) -> int:
         return (len(self.y) + self.batch_size - 1) // self.batch_size
 
-    @property
-    def num_samples(self) -> int:
-        return len(self.y)
-
     def __iter__(self):
         n = len(self.y)
         order = torch.randperm(n, generator=self.generator) if self.shuffle else None

@@ -17,7 +17,6 @@ Definitions (for a weight tensor W with n entries, nnz of them non-zero):
 from __future__ import annotations
 
 import gzip
-import io
 import math
 
 import numpy as np
@@ -229,13 +228,6 @@ def compare(models: dict[str, nn.Module], input_shape, test_loader=None,
             row[f"latency_b{b}_ms"] = latency(model, input_shape, b, min_run_time)["median_ms"]
         rows.append(row)
     return pd.DataFrame(rows).set_index("model")
-
-
-def state_bytes(model: nn.Module) -> int:
-    """Bytes of ``torch.save(model.state_dict())``: the checkpoint a user would ship."""
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    return buf.getbuffer().nbytes
 
 
 def confusion_matrix(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> np.ndarray:
