@@ -165,10 +165,12 @@ def prune_per_layer(model: nn.Module, amounts: dict[str, float], criterion="magn
 
 
 def make_permanent(model: nn.Module) -> nn.Module:
-    """``prune.remove`` on every pruned layer: the zeros stay, the masks and hooks go."""
-    for m in prunable_layers(model).values():
-        if prune.is_pruned(m) and hasattr(m, "weight_orig"):
-            prune.remove(m, "weight")
+    """``prune.remove`` on every pruned tensor of every module (weights, biases, BatchNorm
+    scales): the zeros stay, the masks and hooks go."""
+    for m in model.modules():
+        for hook in list(m._forward_pre_hooks.values()):
+            if isinstance(hook, prune.BasePruningMethod):
+                prune.remove(m, hook._tensor_name)
     return model
 
 

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from .pruning import check_amount
+from .pruning import check_amount, make_permanent
 
 
 def filter_norms(weight: torch.Tensor, p: float = 1) -> torch.Tensor:
@@ -56,8 +56,7 @@ def channel_plan(model: nn.Module, amounts: dict[str, float | int], p: float = 1
         m = modules.get(name)
         if not isinstance(m, (nn.Conv2d, nn.Linear)):
             raise ValueError(f"{name!r} is not a Conv2d or Linear layer of the model.")
-        w = m.weight_orig if hasattr(m, "weight_orig") else m.weight
-        plan[name] = keep_strongest(filter_norms(w, p), amount)
+        plan[name] = keep_strongest(filter_norms(m.weight, p), amount)  # masked weights if pruned
     return plan
 
 
@@ -95,16 +94,6 @@ def mask_channels(model: nn.Module, plan: dict[str, torch.Tensor]) -> nn.Module:
             targets += [(bn, "weight"), (bn, "bias")]
         for module, param in targets:
             prune.custom_from_mask(module, param, alive)
-    return model
-
-
-def dense_copy(model: nn.Module) -> nn.Module:
-    """A copy with every pruning mask folded in (plain parameters, no hooks)."""
-    model = copy.deepcopy(model)
-    for m in model.modules():
-        for hook in list(m._forward_pre_hooks.values()):
-            if isinstance(hook, prune.BasePruningMethod):
-                prune.remove(m, hook._tensor_name)
     return model
 
 
@@ -179,7 +168,7 @@ def shrink(model: nn.Sequential, plan: dict[str, torch.Tensor], input_shape) -> 
     """
     if not isinstance(model, nn.Sequential):
         raise ValueError("shrink handles nn.Sequential models (and ResidualBlocks inside them).")
-    model = dense_copy(model)
+    model = make_permanent(copy.deepcopy(model))  # masks folded in: plain tensors, no hooks
     for name, m in model.named_children():
         if not isinstance(m, SUPPORTED) and any(True for _ in m.parameters()):
             raise ValueError(f"Layer {name!r} ({type(m).__name__}) is not supported by the surgery; "

@@ -103,3 +103,15 @@ def test_same_shapes_and_parameter_count_as_torch_pruning():
     pruner.step()
     assert [tuple(p.shape) for p in ours.parameters()] == [tuple(p.shape) for p in theirs.parameters()]
     assert count_parameters(ours) == count_parameters(theirs)
+
+
+def test_make_permanent_folds_every_mask_in():
+    model = with_running_stats(build_model("cifar_cnn", seed=2), (3, 32, 32))
+    masked = structured.mask_channels(model, structured.channel_plan(model, {"conv1": 0.5}))
+    x = torch.randn(4, 3, 32, 32)
+    expected = masked(x)
+    from compresslab.pruning import make_permanent
+    make_permanent(masked)
+    assert not any(m._forward_pre_hooks for m in masked.modules())
+    assert int((masked.bn1.weight == 0).sum()) == 32
+    torch.testing.assert_close(masked(x), expected)
