@@ -3,10 +3,13 @@
 One module per idea; the notebooks in ``notebooks/`` import from here:
 
 * :mod:`compresslab.data`     MNIST / CIFAR-10 as in-memory tensors, offline-ready caches
-* :mod:`compresslab.models`   LeNet-300-100, LeNet-5 (Caffe), a small VGG-style CIFAR CNN
+* :mod:`compresslab.models`   LeNet-300-100, LeNet-5 (Caffe), a small VGG-style CIFAR CNN (and its
+                              depthwise-separable twin), Hinton et al.'s MNIST teacher and student
 * :mod:`compresslab.train`    fit / fine_tune / evaluate, seeded and device-agnostic
 * :mod:`compresslab.zoo`      pretrained baselines with verified checksums
 * :mod:`compresslab.metrics`  parameters, sparsity, bytes, FLOPs, latency
+* :mod:`compresslab.distillation`   the KD loss, feature (hint) losses, Hinton et al.'s experiments
+* :mod:`compresslab.factorization`  truncated SVD, Tucker-2, separable and depthwise-separable convs
 * :mod:`compresslab.viz`      one plotting style for the whole workbook
 """
 from .data import Dataset, DatasetNotFoundError, load_dataset

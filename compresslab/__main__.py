@@ -5,7 +5,7 @@
     python -m compresslab checkpoints verify           # checksums + test accuracy of the zoo
     python -m compresslab checkpoints retrain [NAMES] [--force] [--out DIR]
     python -m compresslab exercises                    # regenerate notebooks/exercises/
-    python -m compresslab bench [epoch|notebooks]      # speed figures
+    python -m compresslab bench [epoch|structured|int8|notebooks]   # speed figures
 """
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def cmd_bench(args) -> int:
 
 
 def main(argv=None) -> int:
-    from .models import MODELS
+    from .zoo import RECIPES
 
     p = argparse.ArgumentParser(prog="python -m compresslab", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     c = sub.add_parser("checkpoints", help="verify or retrain the pretrained baselines")
     c.add_argument("action", choices=["verify", "retrain"])
     c.add_argument("names", nargs="*", metavar="NAME",
-                   help=f"models to retrain (default: all of {list(MODELS)})")
+                   help=f"checkpoints to retrain (default: all of {list(RECIPES)})")
     c.add_argument("--out", type=Path, default=None, help="output folder (default: data/checkpoints)")
     c.add_argument("--force", action="store_true", help="replace existing checkpoints")
     c.add_argument("--seed", type=int, default=0)
@@ -79,16 +79,16 @@ def main(argv=None) -> int:
     e.set_defaults(run=cmd_exercises)
 
     b = sub.add_parser("bench", help="print speed figures")
-    b.add_argument("what", nargs="?", choices=["all", "epoch", "notebooks"], default="all")
+    b.add_argument("what", nargs="?", choices=["all", "epoch", "structured", "int8", "notebooks"], default="all")
     b.set_defaults(run=cmd_bench)
 
     args = p.parse_args(argv)
     if args.command == "checkpoints":
         from .zoo import CHECKPOINT_DIR
         args.out = args.out or CHECKPOINT_DIR
-        unknown = [n for n in args.names if n not in MODELS]
+        unknown = [n for n in args.names if n not in RECIPES]
         if unknown:
-            p.error(f"unknown model(s) {unknown}: choose from {list(MODELS)}")
+            p.error(f"unknown model(s) {unknown}: choose from {list(RECIPES)}")
     try:
         return args.run(args)
     except (FileExistsError, FileNotFoundError, ValueError, KeyError) as err:

@@ -1,8 +1,10 @@
 """Speed benchmarks that print their figures (timings are too noisy for unit tests).
 
     python -m compresslab bench epoch       # one MNIST epoch of LeNet-5, and the data pipeline's share
+    python -m compresslab bench structured  # the zoo's half-FLOPs CIFAR CNN against the dense one
+    python -m compresslab bench int8        # the CIFAR CNN in int8 (ONNX Runtime) against fp32
     python -m compresslab bench notebooks   # execute every notebook in a fresh kernel, time each
-    python -m compresslab bench             # both
+    python -m compresslab bench             # all three
 """
 from __future__ import annotations
 
@@ -34,6 +36,62 @@ def bench_epoch(batch_size: int = 128) -> dict[str, float]:
     return {"epoch_s": epoch_s, "data_s": data_s, "data_share_%": 100 * data_s / (epoch_s - data_s)}
 
 
+def bench_structured(rounds: int = 5) -> dict[int, dict[str, float]]:
+    """Issue 4's speed goal: ``cifar_cnn_pruned`` (30% of every conv's filters removed, then
+    fine-tuned) against ``cifar_cnn``: accuracy, FLOPs, and CPU latency at batch 1, 16, 256."""
+    from . import metrics, zoo
+    from .train import evaluate
+
+    models = {name: zoo.load_pretrained(name, "cpu") for name in ("cifar_cnn", "cifar_cnn_pruned")}
+    test = load_dataset("cifar10").loader("test", 1000)
+    acc = {name: evaluate(m, test)["accuracy"] for name, m in models.items()}
+    speed = metrics.speed_table(models, (3, 32, 32), (1, 16, 256), rounds).set_index(["model", "batch"])
+    fewer = 1 - speed.loc[("cifar_cnn_pruned", 1), "MFLOPs"] / speed.loc[("cifar_cnn", 1), "MFLOPs"]
+    print(f"accuracy: cifar_cnn {acc['cifar_cnn']:.2f}%, cifar_cnn_pruned {acc['cifar_cnn_pruned']:.2f}% "
+          f"({acc['cifar_cnn'] - acc['cifar_cnn_pruned']:.2f} points lost; goal: at most 1.5)")
+    print(f"FLOPs: {fewer:.0%} fewer ({speed.loc[('cifar_cnn', 1), 'MFLOPs']:.1f}M -> "
+          f"{speed.loc[('cifar_cnn_pruned', 1), 'MFLOPs']:.1f}M)")
+    out = {}
+    for b in (1, 16, 256):
+        dense, pruned = speed.loc[("cifar_cnn", b)], speed.loc[("cifar_cnn_pruned", b)]
+        out[b] = {"dense_ms": dense["best ms"], "pruned_ms": pruned["best ms"],
+                  "speedup": pruned["speed-up x"], "ratio": pruned["speed-up / FLOP reduction"]}
+        print(f"batch {b:3d}: {dense['best ms']:7.2f} ms -> {pruned['best ms']:7.2f} ms "
+              f"(spread {pruned['spread ms']:.2f} ms over {rounds} rounds): {pruned['speed-up x']:.2f}x faster, "
+              f"speed-up / FLOP reduction {pruned['speed-up / FLOP reduction']:.2f}")
+    print("goal at batch 256: at least 1.6x faster; speed-up / FLOP reduction 0.8 or more")
+    return out
+
+
+def bench_int8(rounds: int = 5) -> dict[str, float]:
+    """Issue 5's speed goal: the CIFAR CNN as a real int8 model (ONNX Runtime static
+    quantization) against the same model in fp32 on ONNX Runtime and in PyTorch eager."""
+    import tempfile
+
+    from . import deploy, metrics, zoo
+    from .train import evaluate
+
+    ds = load_dataset("cifar10")
+    model = zoo.load_pretrained("cifar_cnn", "cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = deploy.export_onnx(model, Path(tmp) / "fp32.onnx", (3, 32, 32))
+        int8 = deploy.quantize_onnx_int8(fp32, Path(tmp) / "int8.onnx", ds.loader("train", 64, subset=512), batches=8)
+        models = {"PyTorch eager fp32": model, "ORT fp32": deploy.OnnxModel(fp32), "ORT int8": deploy.OnnxModel(int8)}
+        sizes = {"ORT fp32": fp32.stat().st_size, "ORT int8": int8.stat().st_size}
+        test = ds.loader("test", 1000)
+        acc = {name: evaluate(m, test)["accuracy"] for name, m in models.items()}
+        speed = metrics.speed_table(models, (3, 32, 32), (1, 256), rounds).set_index(["model", "batch"])["best ms"]
+    print(f"file: fp32 {sizes['ORT fp32'] / 1024:.0f} KB, int8 {sizes['ORT int8'] / 1024:.0f} KB "
+          f"({sizes['ORT fp32'] / sizes['ORT int8']:.1f}x smaller)")
+    print("accuracy: " + ", ".join(f"{n} {a:.2f}%" for n, a in acc.items()))
+    for b in (1, 256):
+        print(f"batch {b:3d}: " + ", ".join(f"{n} {speed[(n, b)]:.2f} ms" for n in models) +
+              f"; int8 vs ORT fp32 {speed[('ORT fp32', b)] / speed[('ORT int8', b)]:.2f}x, "
+              f"vs PyTorch eager fp32 {speed[('PyTorch eager fp32', b)] / speed[('ORT int8', b)]:.2f}x")
+    print("goal at batch 256: int8 at least 2x faster than fp32 on the same runtime")
+    return {"ratio_b256": speed[("ORT fp32", 256)] / speed[("ORT int8", 256)]}
+
+
 def bench_notebooks(paths: list[Path] | None = None, timeout: int = 1800) -> list[tuple[str, str, float]]:
     """Execute notebooks top to bottom in a fresh kernel (the files are not modified)."""
     import nbformat
@@ -60,7 +118,7 @@ def bench_notebooks(paths: list[Path] | None = None, timeout: int = 1800) -> lis
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m compresslab bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", nargs="?", choices=["all", "epoch", "notebooks"], default="all")
+    p.add_argument("what", nargs="?", choices=["all", "epoch", "structured", "int8", "notebooks"], default="all")
     args = p.parse_args(argv)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
     if args.what in ("all", "epoch"):
@@ -69,6 +127,10 @@ def main(argv=None) -> int:
               f"(goal: <= 10 s)")
         print(f"data pipeline alone: {r['data_s']:.2f} s = {r['data_share_%']:.1f}% of the "
               f"model's compute (goal: < 10%)")
+    if args.what in ("all", "structured"):
+        bench_structured()
+    if args.what in ("all", "int8"):
+        bench_int8()
     ok = True
     if args.what in ("all", "notebooks"):
         ok = all(status == "ok" for _, status, _ in bench_notebooks())

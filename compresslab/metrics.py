@@ -125,10 +125,12 @@ def model_size(model: nn.Module, storage: str = "dense", bits: int = 32) -> floa
 
 
 def example_input(model: nn.Module, input_shape, batch_size: int = 1) -> torch.Tensor:
-    """A random input of ``(batch_size, *input_shape)`` on the model's device."""
+    """A random input of ``(batch_size, *input_shape)`` on the model's device, in its float
+    dtype (a half-precision model gets a half-precision input)."""
     p = next(model.parameters(), None)
     device = p.device if p is not None else torch.device("cpu")
-    return torch.randn(batch_size, *input_shape, device=device)
+    dtype = p.dtype if p is not None and p.is_floating_point() else torch.float32
+    return torch.randn(batch_size, *input_shape, device=device, dtype=dtype)
 
 
 def run_checked(model: nn.Module, x: torch.Tensor):
@@ -200,6 +202,28 @@ def latency(model: nn.Module, input_shape, batch_size: int = 1, min_run_time: fl
     m = timer.blocked_autorange(min_run_time=min_run_time)
     model.train(was_training)
     return {"median_ms": m.median * 1e3, "iqr_ms": m.iqr * 1e3, "runs": len(m.times)}
+
+
+def speed_table(models: dict[str, nn.Module], input_shape, batch_sizes=(1, 16, 256),
+                rounds: int = 5, min_run_time: float = 0.25) -> pd.DataFrame:
+    """Latency of several models at several batch sizes, against the first model.
+
+    The models are timed in interleaved rounds (model after model, then again), so that a slow
+    moment of the machine cannot favour one of them. Each round is a median of repeated runs;
+    timing noise only ever *adds* time, so the fastest round is the least disturbed estimate
+    ("best ms") and the spread between rounds shows how noisy the machine was. The last column
+    divides the speed-up by the FLOP reduction, its physical limit.
+    """
+    rows = [{"model": name, "batch": b, "ms": latency(m, input_shape, b, min_run_time)["median_ms"]}
+            for _ in range(rounds) for name, m in models.items() for b in batch_sizes]
+    table = (pd.DataFrame(rows).groupby(["model", "batch"], sort=False)["ms"]
+             .agg(**{"best ms": "min", "spread ms": lambda t: t.max() - t.min()}).reset_index())
+    mflops = {name: flops(m, input_shape) / 1e6 for name, m in models.items()}
+    table["MFLOPs"] = table.model.map(mflops)
+    first = table[table.model == next(iter(models))].set_index("batch")["best ms"]
+    table["speed-up x"] = first[table.batch].values / table["best ms"]
+    table["speed-up / FLOP reduction"] = table["speed-up x"] / (next(iter(mflops.values())) / table["MFLOPs"])
+    return table
 
 
 def compare(models: dict[str, nn.Module], input_shape, test_loader=None,

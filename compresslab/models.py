@@ -1,4 +1,4 @@
-"""The three baseline networks of the workbook.
+"""The networks of the workbook.
 
 * ``lenet300``  LeNet-300-100: 784-300-100-10, 266,610 parameters (Han et al. 2015, Table 1).
 * ``lenet5``    LeNet-5 in the Caffe variant Han et al. used: conv 20@5x5, max-pool,
@@ -11,6 +11,12 @@
                 to train on a 2-core CPU. Each stage pools after its first convolution, as in
                 Keller Jordan's fast CIFAR-10 "airbench" networks: the second convolution of
                 a stage then runs at a quarter of the pixels, half the FLOPs of plain VGG.
+* ``cifar_cnn_dws`` the same CNN with every 3x3 convolution but the first replaced by a
+                depthwise 3x3 + pointwise 1x1 pair (MobileNet, Howard et al. 2017): about
+                8x fewer parameters and FLOPs in those layers (notebook 08).
+* ``mlp1200``   Hinton et al.'s (2015) MNIST teacher: 784-1200-1200-10, ReLU, dropout;
+                2,395,210 parameters.
+* ``mlp800``    their student: 784-800-800-10, ReLU, no dropout; 1,276,810 parameters.
 
 Every model is a flat ``nn.Sequential`` of named layers (``conv1``, ``bn1``, ``fc1`` ...):
 easy to print, easy to index, and easy to prune structurally later on.
@@ -42,29 +48,81 @@ def lenet5() -> nn.Sequential:
     ]))
 
 
-def cifar_cnn(widths: tuple[int, int, int] = (64, 128, 256), num_classes: int = 10) -> nn.Sequential:
+def conv_widths(widths, model: str) -> list[int]:
+    """Six conv widths from 3 (one per stage, both convs alike) or 6 (one per conv)."""
+    if len(widths) == 3:
+        widths = [w for w in widths for _ in range(2)]
+    if len(widths) != 6:
+        raise ValueError(f"{model} takes 3 stage widths or 6 conv widths, got {len(widths)}.")
+    return list(widths)
+
+
+def cifar_cnn(widths=(64, 128, 256), num_classes: int = 10, depthwise: bool = False) -> nn.Sequential:
     """VGG-style: [conv-pool-BN-ReLU, conv-BN-ReLU] x 3 stages, global max-pool, linear.
 
     32x32 -> 16 -> 8 -> 4 pixels; the classifier sees one value per channel.
+    ``widths``: 3 numbers (one per stage) or 6 (one per conv, as left by structured pruning).
+    ``depthwise``: every conv but the first becomes dw{i} -> pw{i} (see ``cifar_cnn_dws``).
     """
-    layers, c_in, i = OrderedDict(), 3, 1
-    for stage, c_out in enumerate(widths, start=1):
-        layers[f"conv{i}"] = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
-        layers[f"pool{stage}"] = nn.MaxPool2d(2)
+    layers, c_in = OrderedDict(), 3
+    for i, c_out in enumerate(conv_widths(widths, "cifar_cnn"), start=1):
+        if depthwise and i > 1:
+            layers[f"dw{i}"] = nn.Conv2d(c_in, c_in, 3, padding=1, groups=c_in, bias=False)
+            layers[f"pw{i}"] = nn.Conv2d(c_in, c_out, 1, bias=False)
+        else:
+            layers[f"conv{i}"] = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
+        if i % 2:  # the first conv of a stage pools
+            layers[f"pool{(i + 1) // 2}"] = nn.MaxPool2d(2)
         layers[f"bn{i}"] = nn.BatchNorm2d(c_out)
         layers[f"relu{i}"] = nn.ReLU()
-        layers[f"conv{i + 1}"] = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
-        layers[f"bn{i + 1}"] = nn.BatchNorm2d(c_out)
-        layers[f"relu{i + 1}"] = nn.ReLU()
-        c_in, i = c_out, i + 2
+        c_in = c_out
     layers["gpool"] = nn.AdaptiveMaxPool2d(1)
     layers["flatten"] = nn.Flatten()
     layers["fc"] = nn.Linear(c_in, num_classes)
     return nn.Sequential(layers)
 
 
-MODELS = {"lenet300": lenet300, "lenet5": lenet5, "cifar_cnn": cifar_cnn}
-DATASET_OF = {"lenet300": "mnist", "lenet5": "mnist", "cifar_cnn": "cifar10"}
+def cifar_cnn_dws(widths=(64, 128, 256), num_classes: int = 10) -> nn.Sequential:
+    """``cifar_cnn`` with depthwise-separable convolutions (the MobileNet idea).
+
+    A 3x3 conv c_in -> c_out costs 9 c_in c_out weights; a depthwise 3x3 (one filter per input
+    channel, ``groups=c_in``) then a pointwise 1x1 costs 9 c_in + c_in c_out. The first conv
+    stays standard: with 3 input channels there is nothing to save. Layout per conv i > 1:
+    dw{i} -> pw{i} -> (pool) -> bn{i} -> relu{i}; the bn / relu names match ``cifar_cnn``'s,
+    so feature distillation can hook the same names in teacher and student.
+    """
+    return cifar_cnn(widths, num_classes, depthwise=True)
+
+
+def mlp1200(dropout: float = 0.5) -> nn.Sequential:
+    """Hinton, Vinyals & Dean's (2015) MNIST teacher: 784-1200-1200-10 with ReLU and dropout.
+
+    Dropout 0.5 on both hidden layers, as in Hinton et al. (2012), where this net was trained
+    with dropout and jittered inputs; we leave out their 20% input dropout, which needs far
+    more epochs than our CPU budget to pay off (the +-2-pixel jitter regularizes the input).
+    """
+    return nn.Sequential(OrderedDict([
+        ("flatten", nn.Flatten()),
+        ("fc1", nn.Linear(784, 1200)), ("relu1", nn.ReLU()), ("drop1", nn.Dropout(dropout)),
+        ("fc2", nn.Linear(1200, 1200)), ("relu2", nn.ReLU()), ("drop2", nn.Dropout(dropout)),
+        ("fc3", nn.Linear(1200, 10)),
+    ]))
+
+
+def mlp800() -> nn.Sequential:
+    """Hinton et al.'s (2015) MNIST student: 784-800-800-10 with ReLU, no regularization."""
+    return nn.Sequential(OrderedDict([
+        ("flatten", nn.Flatten()),
+        ("fc1", nn.Linear(784, 800)), ("relu1", nn.ReLU()),
+        ("fc2", nn.Linear(800, 800)), ("relu2", nn.ReLU()),
+        ("fc3", nn.Linear(800, 10)),
+    ]))
+
+
+MODELS = {"lenet300": lenet300, "lenet5": lenet5, "cifar_cnn": cifar_cnn, "cifar_cnn_dws": cifar_cnn_dws,
+          "mlp1200": mlp1200, "mlp800": mlp800}
+DATASET_OF = {"lenet300": "mnist", "lenet5": "mnist", "cifar_cnn": "cifar10", "cifar_cnn_dws": "cifar10",
+              "mlp1200": "mnist", "mlp800": "mnist"}
 
 
 def check_model_name(name: str) -> str:
@@ -73,9 +131,12 @@ def check_model_name(name: str) -> str:
     return name
 
 
-def build_model(name: str, seed: int | None = None) -> nn.Sequential:
-    """A freshly initialized model by name; ``seed`` makes the initialization repeatable."""
+def build_model(name: str, seed: int | None = None, **options) -> nn.Sequential:
+    """A freshly initialized model by name; ``seed`` makes the initialization repeatable.
+
+    ``options`` go to the constructor, e.g. ``build_model("cifar_cnn", widths=(32, 64, 128))``.
+    """
     check_model_name(name)
     if seed is not None:
         torch.manual_seed(seed)
-    return MODELS[name]()
+    return MODELS[name](**options)

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from .pruning import check_amount, make_permanent
+from .pruning import check_amount, make_permanent, mask_lowest
 
 
 def filter_norms(weight: torch.Tensor, p: float = 1) -> torch.Tensor:
@@ -48,16 +48,41 @@ def keep_strongest(scores: torch.Tensor, amount: float | int) -> torch.Tensor:
     return torch.topk(scores, n - k, largest=True).indices.sort().values
 
 
-def channel_plan(model: nn.Module, amounts: dict[str, float | int], p: float = 1) -> dict[str, torch.Tensor]:
-    """Channels to keep, per named conv (or linear) layer, by the p-norm of its filters."""
+def channel_plan(model: nn.Module, amounts: dict[str, float | int], p: float = 1,
+                 scores: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Channels to keep, per named conv (or linear) layer, by the p-norm of its filters
+    (or by the given per-channel ``scores``, e.g. ``taylor_scores``)."""
     modules = dict(model.named_modules())
     plan = {}
     for name, amount in amounts.items():
         m = modules.get(name)
         if not isinstance(m, (nn.Conv2d, nn.Linear)):
             raise ValueError(f"{name!r} is not a Conv2d or Linear layer of the model.")
-        plan[name] = keep_strongest(filter_norms(m.weight, p), amount)  # masked weights if pruned
+        s = filter_norms(m.weight, p) if scores is None else scores[name]  # masked weights if pruned
+        plan[name] = keep_strongest(s, amount)
     return plan
+
+
+def taylor_scores(model: nn.Module, loader, layers, batches: int = 8) -> dict[str, torch.Tensor]:
+    """First-order Taylor importance of every output filter (Molchanov et al. 2019):
+    I_i = (sum over the filter's weights of g * w)^2, summed over ``batches`` batches.
+
+    It estimates how much the loss changes when filter i is zeroed: a gradient-based
+    contrast to pure weight norms (a large filter whose output the loss ignores scores low).
+    """
+    modules = {n: model.get_submodule(n) for n in layers}
+    device = next(model.parameters()).device
+    scores = {n: torch.zeros(m.weight.shape[0], device=device) for n, m in modules.items()}
+    model.eval()  # BatchNorm statistics stay as they are
+    for b, (x, y) in enumerate(loader):
+        if b == batches:
+            break
+        model.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(x.to(device)), y.to(device)).backward()
+        for n, m in modules.items():
+            scores[n] += (m.weight.grad * m.weight).detach().flatten(1).sum(1).pow(2)
+    model.zero_grad(set_to_none=True)
+    return scores
 
 
 def following_batchnorm(model: nn.Module, name: str) -> nn.BatchNorm2d | None:
@@ -75,6 +100,44 @@ def following_batchnorm(model: nn.Module, name: str) -> nn.BatchNorm2d | None:
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             return None
     return None
+
+
+def conv_batchnorm_pairs(model: nn.Module) -> dict[str, nn.BatchNorm2d]:
+    """Each top-level conv (by name) and the BatchNorm that normalizes its output channels."""
+    pairs = {}
+    for name, m in model.named_children():
+        bn = following_batchnorm(model, name) if isinstance(m, nn.Conv2d) else None
+        if bn is not None:
+            pairs[name] = bn
+    return pairs
+
+
+def bn_l1_penalty(model: nn.Module) -> torch.Tensor:
+    """sum over every BatchNorm channel of |gamma|: the sparsity term of network slimming.
+
+    Training minimizes loss + lambda * penalty (Liu et al. 2017 use lambda = 1e-4); the L1
+    pull drives the scales of unneeded channels towards zero, and a channel whose output is
+    multiplied by ~0 can be removed at almost no cost.
+    """
+    return sum(m.weight.abs().sum() for m in model.modules()
+               if isinstance(m, nn.BatchNorm2d) and m.affine)
+
+
+def slimming_plan(model: nn.Module, amount: float | int) -> dict[str, torch.Tensor]:
+    """Network slimming: one *global* threshold on |gamma| over every conv-BN pair; the
+    ``amount`` of all channels with the smallest scales go. Every layer keeps at least its
+    strongest channel (a layer with none left would cut the network in two)."""
+    pairs = conv_batchnorm_pairs(model)
+    if not pairs:
+        raise ValueError("The model has no convolution followed by a BatchNorm: nothing to slim.")
+    scores = {name: bn.weight.detach().abs() for name, bn in pairs.items()}
+    alive = mask_lowest(torch.cat(list(scores.values())), amount).split([len(s) for s in scores.values()])
+    plan = {}
+    for (name, s), a in zip(scores.items(), alive):
+        a = a.clone()
+        a[s.argmax()] = 1
+        plan[name] = a.nonzero().squeeze(1)
+    return plan
 
 
 def mask_channels(model: nn.Module, plan: dict[str, torch.Tensor]) -> nn.Module:

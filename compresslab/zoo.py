@@ -7,7 +7,7 @@ verified: a truncated or tampered file is refused, and nothing is ever unpickled
 Retrain them all from scratch (prints the accuracy of each and refuses to overwrite
 existing files unless told to)::
 
-    python -m compresslab checkpoints retrain --force         # all three, ~27 min on 2 CPU cores
+    python -m compresslab checkpoints retrain --force         # all of them, ~1 h on 2 CPU cores
     python -m compresslab checkpoints retrain lenet5 --out /tmp/zoo
     python -m compresslab checkpoints verify                  # checksums + test accuracy
 """
@@ -22,21 +22,59 @@ import torch
 from torch import nn
 
 from .data import DATA_DIR, dataset_label, load_dataset, sha256
-from .models import DATASET_OF, MODELS, build_model, check_model_name
+from .models import DATASET_OF, build_model
+from .structured import bn_l1_penalty, prune_filters
 from .train import evaluate, fit, get_device
 
 CHECKPOINT_DIR = DATA_DIR / "checkpoints"
 MANIFEST = "manifest.json"
 
-# How each baseline is trained. `python -m compresslab checkpoints retrain` uses exactly these.
+# How each checkpoint is trained. `python -m compresslab checkpoints retrain` uses exactly these.
+# "model" names the architecture when it differs from the checkpoint's name.
 RECIPES = {
     "lenet300": dict(epochs=20, lr=0.05, batch_size=128, weight_decay=5e-4, augment=False),
     "lenet5": dict(epochs=20, lr=0.05, batch_size=128, weight_decay=5e-4, augment=False),
     "cifar_cnn": dict(epochs=20, lr=0.2, batch_size=256, weight_decay=5e-4,
                       label_smoothing=0.1, augment=True),
+    # Network slimming (notebook 04): the cifar_cnn recipe plus bn_l1 * sum |gamma| in the loss.
+    # Liu et al. train 160 epochs at batch 64 with lambda = 1e-4: the L1 term pulls every gamma by
+    # lambda * sum_t lr_t ~ 1e-4 * 6,600 ~ 0.66 in all. Our 20-epoch one-cycle run has
+    # sum_t lr_t ~ 390, so the same total pull takes lambda ~ 1.7e-3.
+    "cifar_cnn_slim": dict(model="cifar_cnn", epochs=20, lr=0.2, batch_size=256, weight_decay=5e-4,
+                           label_smoothing=0.1, augment=True, bn_l1=1.7e-3),
+    # L1-filter pruning (notebook 02): 30% of the filters of every conv of the trained cifar_cnn
+    # removed (half the FLOPs), then fine-tuned on the full training set.
+    "cifar_cnn_pruned": dict(model="cifar_cnn", start_from="cifar_cnn", prune_filters=0.3,
+                             epochs=10, lr=0.05, schedule="cosine", batch_size=256,
+                             weight_decay=5e-4, label_smoothing=0.1, augment=True),
+    # Hinton et al.'s (2015) MNIST teacher (notebook 07): 784-1200-1200-10 with dropout 0.5,
+    # trained on inputs jittered by up to 2 pixels in every direction (augment=True on MNIST is
+    # exactly that: a random crop after 2-pixel zero padding, no flips). Stored in float16 (4.8 MB,
+    # same accuracy) to keep the repository small. 2.3 min on 2 CPU cores
+    # for 98.59% (141 test errors; Hinton et al.'s teacher made 67, trained far longer).
+    "mlp1200": dict(epochs=12, lr=0.1, batch_size=128, weight_decay=5e-4, augment=True,
+                    store="float16"),
 }
-# Test accuracy (%) each checkpoint must reach (a test checks it).
-TARGETS = {"lenet300": 98.2, "lenet5": 99.1, "cifar_cnn": 88.0}
+# Test accuracy (%) each checkpoint must reach (a test checks it). The pruned CNN may lose at
+# most 1.5 points against cifar_cnn (issue 4's goal). The L1 penalty costs the slim CNN about
+# 2 points in 20 epochs (86.3% measured; Liu et al. lose none, but train 160 epochs).
+TARGETS = {"lenet300": 98.2, "lenet5": 99.1, "cifar_cnn": 88.0, "cifar_cnn_slim": 86.0,
+           "cifar_cnn_pruned": 86.8, "mlp1200": 98.5}
+
+
+def check_checkpoint_name(name: str) -> str:
+    if name not in RECIPES:
+        raise ValueError(f"Unknown model {name!r}: the zoo has {list(RECIPES)}.")
+    return name
+
+
+def architecture(name: str) -> str:
+    """The model family a checkpoint belongs to (``cifar_cnn_pruned`` -> ``cifar_cnn``)."""
+    return RECIPES[check_checkpoint_name(name)].get("model", name)
+
+
+def dataset_of(name: str) -> str:
+    return DATASET_OF[architecture(name)]
 
 
 class ChecksumError(RuntimeError):
@@ -67,13 +105,17 @@ def load_state_dict(path: Path, expected_sha256: str) -> dict[str, torch.Tensor]
 
 def load_pretrained(name: str, device: str | torch.device | None = None,
                     directory: Path = CHECKPOINT_DIR) -> nn.Module:
-    """A baseline with its trained weights, in eval mode, on ``device`` (default: best available)."""
-    check_model_name(name)
+    """A checkpoint with its trained weights, in eval mode, on ``device`` (default: best available).
+
+    The manifest records the architecture and its options (a pruned model's widths), so the
+    right-sized model is built before the weights are loaded into it.
+    """
+    check_checkpoint_name(name)
     entry = read_manifest(directory).get(name)
     if entry is None:
         raise KeyError(f"The manifest in {directory} has no entry for {name!r}: "
                        f"retrain it with `python -m compresslab checkpoints retrain {name}`.")
-    model = build_model(name)
+    model = build_model(architecture(name), **entry.get("options", {}))
     model.load_state_dict(load_state_dict(Path(directory) / entry["file"], entry["sha256"]))
     return model.to(get_device(device)).eval()
 
@@ -85,27 +127,44 @@ def bf16_is_fast(device: torch.device) -> bool:
     return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
-def train_baseline(name: str, seed: int = 0, device=None, progress: bool = True):
-    """Train one baseline from scratch with its recipe; return (model, history)."""
-    check_model_name(name)
-    recipe = dict(RECIPES[name])
+def train_checkpoint(name: str, seed: int = 0, device=None, progress: bool = True,
+                     directory: Path = CHECKPOINT_DIR):
+    """Train one checkpoint with its recipe; return (model, history).
+
+    Plain recipes train from scratch; ``bn_l1`` adds network slimming's penalty to the loss;
+    ``start_from`` + ``prune_filters`` prune a trained checkpoint (read from ``directory``)
+    and fine-tune it.
+    """
+    recipe = dict(RECIPES[check_checkpoint_name(name)])
+    recipe.pop("model", None)
+    recipe.pop("store", None)  # how the file is written, not how the model is trained
     device = get_device(device)
-    ds = load_dataset(DATASET_OF[name])
+    ds = load_dataset(dataset_of(name))
     train = ds.loader("train", recipe.pop("batch_size"), augment=recipe.pop("augment"), seed=seed)
     test = ds.loader("test", 1000)
-    model = build_model(name, seed=seed)
+    if "start_from" in recipe:
+        base = load_pretrained(recipe.pop("start_from"), "cpu", directory)
+        amount = recipe.pop("prune_filters")
+        convs = [n for n, m in base.named_children() if isinstance(m, nn.Conv2d)]
+        model = prune_filters(base, dict.fromkeys(convs, amount), tuple(ds.x_test.shape[1:]))
+    else:
+        model = build_model(architecture(name), seed=seed)
+    if "bn_l1" in recipe:
+        lam, criterion = recipe.pop("bn_l1"), nn.CrossEntropyLoss(label_smoothing=recipe.pop("label_smoothing"))
+        recipe["loss_fn"] = lambda m, x, y: criterion(m(x), y) + lam * bn_l1_penalty(m)
     history = fit(model, train, recipe.pop("epochs"), recipe.pop("lr"), test_loader=test, seed=seed,
-                  device=device, mixed_precision=bf16_is_fast(device), desc=name, **recipe)
+                  device=device, mixed_precision=bf16_is_fast(device), desc=name,
+                  progress=progress, **recipe)
     return model, history
 
 
 def retrain(names=None, out_dir: Path = CHECKPOINT_DIR, force: bool = False, seed: int = 0,
             device=None, progress: bool = True) -> dict:
     """Retrain baselines, write ``<name>.pt`` and update the manifest in ``out_dir``."""
-    names = list(names or MODELS)
+    names = list(names or RECIPES)
     out_dir = Path(out_dir)
     for name in names:
-        check_model_name(name)
+        check_checkpoint_name(name)
         if (out_dir / f"{name}.pt").exists() and not force:
             raise FileExistsError(f"{out_dir / f'{name}.pt'} exists; pass --force to replace it "
                                   "or --out DIR to write elsewhere.")
@@ -113,17 +172,25 @@ def retrain(names=None, out_dir: Path = CHECKPOINT_DIR, force: bool = False, see
     manifest = read_manifest(out_dir) if (out_dir / MANIFEST).exists() else {}
     for name in names:
         start = time.perf_counter()
-        model, history = train_baseline(name, seed, device, progress)
+        # A derived checkpoint starts from its base in out_dir if that was (re)trained there.
+        source = out_dir if RECIPES[name].get("start_from") in manifest else CHECKPOINT_DIR
+        model, history = train_checkpoint(name, seed, device, progress, source)
         seconds = time.perf_counter() - start
-        acc = history["test_acc"].iloc[-1]  # fit evaluated the final model on the test set
         model.to("cpu")
+        state = stored_state(model, RECIPES[name].get("store", "float32"))
+        if len(history) and state is None:
+            acc = history["test_acc"].iloc[-1]  # fit evaluated the final model on the test set
+        else:  # epochs=0, or weights rounded for storage: measure what the file holds
+            model.load_state_dict(state or model.state_dict())
+            acc = evaluate(model, load_dataset(dataset_of(name)).loader("test", 1000))["accuracy"]
         path = out_dir / f"{name}.pt"
         tmp = path.with_suffix(".tmp")
-        torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, tmp)
+        torch.save(state or {k: v.contiguous() for k, v in model.state_dict().items()}, tmp)
         tmp.replace(path)
         manifest[name] = {
             "file": path.name, "sha256": sha256(path), "test_accuracy": round(acc, 2),
-            "dataset": DATASET_OF[name], "dataset_label": dataset_label(DATASET_OF[name]), "seed": seed, "recipe": RECIPES[name],
+            "model": architecture(name), "options": model_options(model, name),
+            "dataset": dataset_of(name), "dataset_label": dataset_label(dataset_of(name)), "seed": seed, "recipe": RECIPES[name],
             "train_seconds": round(seconds), "device": str(get_device(device)),
             "bf16_autocast": bf16_is_fast(get_device(device)), "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
             "python": platform.python_version(),
@@ -135,9 +202,33 @@ def retrain(names=None, out_dir: Path = CHECKPOINT_DIR, force: bool = False, see
     return manifest
 
 
+def stored_state(model: nn.Module, store: str) -> dict | None:
+    """The state_dict in float16 when the recipe says ``store="float16"`` (None: keep float32).
+
+    Half the bytes keeps a large checkpoint (the 2.4 M-parameter MNIST teacher) small in git;
+    ``load_state_dict`` casts it back into the float32 model, and the manifest's accuracy is
+    measured on the rounded weights.
+    """
+    if store == "float32":
+        return None
+    if store != "float16":
+        raise ValueError(f"Unknown store {store!r}: use 'float32' or 'float16'.")
+    return {k: v.half().contiguous() if v.is_floating_point() else v.contiguous()
+            for k, v in model.state_dict().items()}
+
+
+def model_options(model: nn.Module, name: str) -> dict:
+    """What ``build_model`` needs besides the name to rebuild this model (a pruned CNN's widths)."""
+    if architecture(name) == "cifar_cnn":
+        widths = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+        if widths != [64, 64, 128, 128, 256, 256]:
+            return {"widths": widths}
+    return {}
+
+
 def write_readme(out_dir: Path, manifest: dict) -> None:
     """``README.md`` beside the checkpoints, generated from the manifest (never typed by hand)."""
-    lines = ["# Pretrained baselines", "",
+    lines = ["# Pretrained checkpoints", "",
              "Written by `python -m compresslab checkpoints retrain` from `manifest.json`; do not edit by hand.",
              "Each file is a plain `state_dict`, loaded with `torch.load(..., weights_only=True)`",
              "after its sha256 is checked against the manifest.", "",
@@ -149,8 +240,11 @@ def write_readme(out_dir: Path, manifest: dict) -> None:
                      f"{e['recipe']['epochs']} | {e['seed']} | {e['train_seconds'] / 60:.1f} min | "
                      f"{e['device']} | {e['cpu_threads']} | {e['torch']} | "
                      f"`python -m compresslab checkpoints retrain {name} --force --seed {e['seed']}` |")
-    lines += ["", "Recipes (SGD with Nesterov momentum 0.9, one-cycle learning rate; bfloat16 autocast",
-              "where the hardware runs it natively, see `bf16_autocast` in the manifest):", ""]
+    lines += ["", "Recipes (SGD with Nesterov momentum 0.9, one-cycle learning rate unless `schedule` says",
+              "otherwise; bfloat16 autocast where the hardware runs it natively, see `bf16_autocast` in",
+              "the manifest). `bn_l1`: network slimming's penalty, bn_l1 * sum |gamma| added to the loss;",
+              "`start_from` + `prune_filters`: that fraction of every conv's filters (smallest L1 norm) removed",
+              "from the trained checkpoint, which is then fine-tuned:", ""]
     for name, e in manifest.items():
         lines.append(f"- `{name}`: {json.dumps(e['recipe'])}")
     (out_dir / "README.md").write_text("\n".join(lines) + "\n")
@@ -159,10 +253,10 @@ def write_readme(out_dir: Path, manifest: dict) -> None:
 def verify(directory: Path = CHECKPOINT_DIR) -> bool:
     """Check every checkpoint's checksum and test accuracy; print one line each."""
     ok = True
-    for name in MODELS:
+    for name in RECIPES:
         try:
             model = load_pretrained(name, "cpu", directory)
-            ds = load_dataset(DATASET_OF[name])
+            ds = load_dataset(dataset_of(name))
             acc = evaluate(model, ds.loader("test", 1000))["accuracy"]
             good = acc >= TARGETS[name]
             print(f"{'ok  ' if good else 'LOW '} {name}: {acc:.2f}% (target {TARGETS[name]}%)")

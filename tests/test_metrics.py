@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -86,6 +88,18 @@ def test_latency_and_compare_table():
     assert table.loc["lenet300", "params"] == 266_610
     assert table.loc["lenet5", "dense_KB"] == pytest.approx(431_080 * 4 / 1024)
     assert table.loc["lenet5", "MFLOPs"] > table.loc["lenet300", "MFLOPs"]
+
+
+def test_speed_table_compares_with_the_first_model():
+    small = build_model("lenet300")
+    models = {"lenet5": build_model("lenet5"), "lenet300": small, "lenet300 fp16": copy.deepcopy(small).half()}
+    table = metrics.speed_table(models, (1, 28, 28), batch_sizes=(1, 8), rounds=2, min_run_time=0.02)
+    assert len(table) == 6 and set(table.batch) == {1, 8}
+    first = table[table.model == "lenet5"]
+    assert (first["speed-up x"] == 1).all() and (first["speed-up / FLOP reduction"] == 1).all()
+    row = table[(table.model == "lenet300") & (table.batch == 8)].iloc[0]
+    assert row["speed-up x"] == pytest.approx(first[first.batch == 8]["best ms"].item() / row["best ms"])
+    assert (table["spread ms"] >= 0).all()
 
 
 def test_confusion_matrix():

@@ -35,3 +35,13 @@ def test_seeded_initialization_is_repeatable():
 def test_unknown_model_name():
     with pytest.raises(ValueError, match="Unknown model 'resnet50'.*choose one of"):
         build_model("resnet50")
+
+
+def test_cifar_cnn_per_conv_widths_rebuild_a_pruned_model():
+    """Six widths (one per conv) describe what structured pruning leaves; three are per stage."""
+    model = build_model("cifar_cnn", widths=(45, 45, 90, 90, 179, 179))
+    assert [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)] == [45, 45, 90, 90, 179, 179]
+    assert model.fc.in_features == 179 and model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
+    assert [n for n, _ in model.named_children()] == [n for n, _ in build_model("cifar_cnn").named_children()]
+    with pytest.raises(ValueError, match="3 stage widths or 6 conv widths"):
+        build_model("cifar_cnn", widths=(8, 8))

@@ -115,3 +115,55 @@ def test_make_permanent_folds_every_mask_in():
     assert not any(m._forward_pre_hooks for m in masked.modules())
     assert int((masked.bn1.weight == 0).sum()) == 32
     torch.testing.assert_close(masked(x), expected)
+
+
+def test_bn_l1_penalty_is_the_sum_of_absolute_scales():
+    model = build_model("cifar_cnn", seed=0)
+    for bn in (model.bn1, model.bn4):
+        nn.init.uniform_(bn.weight, -1, 1)
+    expected = sum(m.weight.abs().sum() for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    torch.testing.assert_close(structured.bn_l1_penalty(model), expected)
+    structured.bn_l1_penalty(model).backward()
+    assert torch.equal(model.bn1.weight.grad, model.bn1.weight.sign())
+
+
+def test_slimming_plan_uses_one_global_threshold():
+    model = build_model("cifar_cnn", seed=0)
+    gammas = {}
+    for name, bn in structured.conv_batchnorm_pairs(model).items():
+        bn.weight.data = torch.rand(bn.num_features) + (0.5 if name == "conv6" else 0.0)
+        gammas[name] = bn.weight.detach().abs()
+    plan = structured.slimming_plan(model, 0.3)
+    everything = torch.cat(list(gammas.values()))
+    threshold = everything.sort().values[round(0.3 * everything.numel())]
+    for name, keep in plan.items():
+        expected = (gammas[name] >= threshold).nonzero().squeeze(1)
+        assert torch.equal(keep, expected), name
+    assert len(plan["conv6"]) == 256  # all its scales sit above the global threshold
+    small = structured.shrink(model, plan, (3, 32, 32))
+    assert small.bn6.num_features == 256 and small.conv1.out_channels == len(plan["conv1"])
+
+
+def test_slimming_keeps_one_channel_per_layer():
+    model = build_model("cifar_cnn", seed=0)
+    model.bn2.weight.data.zero_()  # the whole layer below any threshold
+    plan = structured.slimming_plan(model, 0.2)
+    assert len(plan["conv2"]) == 1
+    with pytest.raises(ValueError, match="no convolution followed by a BatchNorm"):
+        structured.slimming_plan(build_model("lenet5"), 0.5)
+    with pytest.raises(ValueError, match="fraction in"):
+        structured.slimming_plan(model, -0.1)
+
+
+def test_taylor_scores_are_squared_sums_of_gradient_times_weight():
+    model = with_running_stats(build_model("cifar_cnn", seed=3), (3, 32, 32))
+    model.conv2.weight.data[5] = 0  # a dead filter: no first-order effect on the loss
+    x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
+    scores = structured.taylor_scores(model, [(x, y)], ["conv2", "conv5"])
+    model.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    manual = (model.conv5.weight.grad * model.conv5.weight).flatten(1).sum(1).pow(2)
+    torch.testing.assert_close(scores["conv5"], manual)
+    assert scores["conv2"][5] == 0 and scores["conv2"].shape == (64,)
+    plan = structured.channel_plan(model, {"conv2": 0.25}, scores=scores)
+    assert 5 not in plan["conv2"].tolist()

@@ -5,22 +5,21 @@ import torch
 
 from compresslab import zoo
 from compresslab.data import dataset_label, load_dataset
-from compresslab.models import DATASET_OF, MODELS
 from compresslab.train import evaluate
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", list(zoo.RECIPES))
 def test_checkpoint_checksum_and_accuracy(name):
     """Each committed checkpoint verifies and reaches its accuracy target on the data it was
     measured on (the manifest says which copy; the MNIST test set is the same everywhere)."""
     model = zoo.load_pretrained(name, "cpu")
-    acc = evaluate(model, load_dataset(DATASET_OF[name]).loader("test", 1000))["accuracy"]
+    acc = evaluate(model, load_dataset(zoo.dataset_of(name)).loader("test", 1000))["accuracy"]
     entry = zoo.read_manifest()[name]
-    if dataset_label(DATASET_OF[name]) == entry["dataset_label"]:
+    if dataset_label(zoo.dataset_of(name)) == entry["dataset_label"]:
         assert acc >= zoo.TARGETS[name], f"{name}: {acc:.2f}% < target {zoo.TARGETS[name]}%"
         assert abs(entry["test_accuracy"] - acc) < 0.05, "the manifest must record what was measured"
     else:  # another copy of the dataset (e.g. the original CIFAR-10): close, not equal
-        assert acc >= zoo.TARGETS[name] - 3, f"{name}: {acc:.2f}% on {dataset_label(DATASET_OF[name])}"
+        assert acc >= zoo.TARGETS[name] - 3, f"{name}: {acc:.2f}% on {dataset_label(zoo.dataset_of(name))}"
 
 
 def test_tampered_checkpoint_is_refused(tmp_path):
@@ -35,7 +34,7 @@ def test_tampered_checkpoint_is_refused(tmp_path):
 
 def test_checkpoints_are_plain_tensors():
     """weights_only=True loads them: no pickled code inside."""
-    for name in MODELS:
+    for name in zoo.RECIPES:
         state = torch.load(zoo.CHECKPOINT_DIR / f"{name}.pt", weights_only=True)
         assert all(isinstance(v, torch.Tensor) for v in state.values())
 
@@ -60,3 +59,25 @@ def test_cli_rejects_unknown_model(capsys):
         main(["checkpoints", "retrain", "alexnet"])
     assert e.value.code == 2
     assert "unknown model" in capsys.readouterr().err
+
+
+def test_pruned_checkpoint_is_physically_smaller():
+    """cifar_cnn_pruned is rebuilt at the widths the manifest records: about half the FLOPs."""
+    from compresslab.metrics import flops
+    base, pruned = zoo.load_pretrained("cifar_cnn", "cpu"), zoo.load_pretrained("cifar_cnn_pruned", "cpu")
+    assert zoo.read_manifest()["cifar_cnn_pruned"]["options"]["widths"] == [45, 45, 90, 90, 179, 179]
+    assert 0.45 < flops(pruned, (3, 32, 32)) / flops(base, (3, 32, 32)) < 0.55
+
+
+def test_float16_storage_rounds_weights_and_loads_into_float32(tmp_path):
+    from compresslab.models import build_model
+    model = build_model("lenet300", seed=0)
+    state = zoo.stored_state(model, "float16")
+    assert all(v.dtype == torch.float16 for v in state.values())
+    assert zoo.stored_state(model, "float32") is None
+    fresh = build_model("lenet300")
+    fresh.load_state_dict(state)  # cast back into the float32 parameters
+    assert fresh.fc1.weight.dtype == torch.float32
+    torch.testing.assert_close(fresh.fc1.weight, model.fc1.weight.half().float())
+    with pytest.raises(ValueError, match="Unknown store"):
+        zoo.stored_state(model, "int8")

@@ -1,0 +1,177 @@
+"""Deployment: a PyTorch model as an ONNX file, run by ONNX Runtime, in fp32 or real int8.
+
+Fake quantization (``quantization.py``) is a simulation: it runs at float speed. Real int8
+speed needs int8 kernels. Here they come from ONNX Runtime's *static* quantization (QDQ format)
+of an exported graph: weights int8 per output channel, activations uint8 with ranges from a few
+calibration batches; ORT fuses DequantizeLinear -> Conv -> QuantizeLinear into integer
+convolutions that use the CPU's VNNI / AMX instructions. (``torch.ao.quantization`` does the
+same inside PyTorch but is deprecated; ONNX Runtime is the maintained CPU path.)
+
+    path = export_onnx(model, "model.onnx", (3, 32, 32))
+    int8 = quantize_onnx_int8(path, "model_int8.onnx", calibration_loader, batches=8)
+    evaluate(OnnxModel(int8), test_loader)          # an nn.Module: evaluate / latency take it
+"""
+from __future__ import annotations
+
+import copy
+import inspect
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .quantization import (ActivationQuantizer, KMeansQuantizer, Observer, WeightQuantizer,
+                           remove_quantization)
+
+# The leaf layers that export to ONNX ops ONNX Runtime quantizes or passes through in int8
+# (Conv, Gemm / MatMul, pooling, Relu, Flatten / Reshape; BatchNorm after a pooling runs in float).
+INT8_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.ReLU, nn.ReLU6,
+               nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
+               nn.AdaptiveMaxPool2d, nn.Flatten, nn.Dropout, nn.Identity)
+
+
+class UnsupportedLayerError(ValueError):
+    """A layer the int8 ONNX path does not handle."""
+
+
+def check_int8_support(model: nn.Module) -> None:
+    """Raise ``UnsupportedLayerError`` naming the first leaf layer not in ``INT8_LAYERS``."""
+    for name, m in model.named_modules():
+        if isinstance(m, (WeightQuantizer, KMeansQuantizer, ActivationQuantizer, Observer)) \
+                or "parametrizations" in name.split(".") or next(m.children(), None) is not None:
+            continue  # quantizers are stripped before export; containers are checked by their leaves
+        if not isinstance(m, INT8_LAYERS):
+            where = f"Layer {name!r}" if name else "The model itself"
+            raise UnsupportedLayerError(
+                f"{where} ({type(m).__name__}) is not supported by the int8 ONNX path, which "
+                f"handles {sorted({t.__name__ for t in INT8_LAYERS})}. Replace that layer, or "
+                "export with check_int8=False and keep the model in float.")
+
+
+def require_onnx():
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError as e:
+        raise ImportError(f"The int8 path needs ONNX and ONNX Runtime ({e}): "
+                          "pip install onnx onnxruntime onnxscript") from e
+
+
+def export_onnx(model: nn.Module, path: str | Path, input_shape, check_int8: bool = True) -> Path:
+    """Write the model (on the CPU, eval mode, any quantizers folded in) to an ONNX file with a
+    dynamic batch dimension, with ``torch.onnx.export``'s torch.export-based exporter."""
+    require_onnx()
+    shape = tuple(int(s) for s in input_shape)
+    plain = remove_quantization(copy.deepcopy(model)).cpu().eval()
+    if check_int8:
+        check_int8_support(plain)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    x = torch.randn(2, *shape)  # batch 2: an example batch of 1 could make the batch size static
+    names = dict(input_names=["input"], output_names=["logits"])
+    if "external_data" in inspect.signature(torch.onnx.export).parameters:
+        # external_data=False: one self-contained file, whose size is the model's size
+        torch.onnx.export(plain, (x,), str(path), **names, dynamo=True, external_data=False,
+                          dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
+    else:  # older torch: the TorchScript-based exporter
+        torch.onnx.export(plain, (x,), str(path), **names,
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    return path
+
+
+def calibration_arrays(calibration, batches: int | None = None) -> list:
+    """Up to ``batches`` input batches as float32 NumPy arrays, from a loader of (x, y) pairs
+    or any iterable of input tensors."""
+    if batches is not None and batches < 1:
+        raise ValueError(f"Calibration needs at least 1 batch, got batches={batches}.")
+    arrays = []
+    for batch in calibration:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        arrays.append(x.detach().cpu().float().contiguous().numpy())
+        if batches is not None and len(arrays) == batches:
+            break
+    if not arrays:
+        raise ValueError("Calibration got zero batches: pass a loader or a list of input tensors.")
+    return arrays
+
+
+def quantize_onnx_int8(fp32_path: str | Path, int8_path: str | Path, calibration,
+                       batches: int | None = None, per_channel: bool = True) -> Path:
+    """ONNX Runtime static quantization to int8 (QDQ format): weights int8 symmetric
+    (per output channel), activations uint8 asymmetric with min / max ranges from the
+    calibration batches. ORT then fuses DequantizeLinear -> Conv -> QuantizeLinear into
+    integer kernels (QLinearConv): that is where the speed comes from."""
+    require_onnx()
+    import onnx
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
+                                          QuantType, quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    arrays = calibration_arrays(calibration, batches)
+    graph = onnx.load(str(fp32_path)).graph
+    input_name = graph.input[0].name
+    # A BatchNorm that follows a pooling layer cannot be folded into its conv; it runs in float
+    # either way, and quantizing its per-channel parameters only produces warnings.
+    ops = sorted({n.op_type for n in graph.node} - {"BatchNormalization"})
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter(arrays)
+
+        def get_next(self):
+            x = next(self.batches, None)
+            return None if x is None else {input_name: x}
+
+    int8_path = Path(int8_path)
+    int8_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "preprocessed.onnx"
+        # ORT's recommended clean-up (shape inference, graph optimization); its symbolic shape
+        # inference fails on the ReduceMax the exporter writes for a global max-pool: skip it.
+        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+        quantize_static(str(pre), str(int8_path), Reader(), quant_format=QuantFormat.QDQ,
+                        per_channel=per_channel, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                        op_types_to_quantize=ops)
+    return int8_path
+
+
+def quantize_onnx_dynamic(fp32_path: str | Path, out_path: str | Path) -> Path:
+    """ONNX Runtime *dynamic* quantization: int8 weights, activation ranges computed at run
+    time. Good for linear layers / transformers; convolutions become ConvInteger, which has no
+    fast CPU kernel, so a CNN usually gets *slower* than fp32 (shown in notebook 06)."""
+    require_onnx()
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "preprocessed.onnx"
+        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+        quantize_dynamic(str(pre), str(out_path), weight_type=QuantType.QInt8)
+    return Path(out_path)
+
+
+class OnnxModel(nn.Module):
+    """An ONNX file run by ONNX Runtime on the CPU, called like a PyTorch model: logits out,
+    on the input's device. It has no parameters, so ``train.evaluate`` / ``train.predict``
+    and ``metrics.latency`` take it as it is."""
+
+    def __init__(self, path: str | Path, num_threads: int | None = None):
+        super().__init__()
+        require_onnx()
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = num_threads or torch.get_num_threads()  # same threads as torch
+        options.inter_op_num_threads = 1
+        self.path = Path(path)
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.session.run(None, {self.input_name: x.detach().cpu().float().contiguous().numpy()})[0]
+        return torch.from_numpy(out).to(x.device)
+
+    def extra_repr(self) -> str:
+        return f"{self.path.name}, {self.path.stat().st_size / 1024:.0f} KB"

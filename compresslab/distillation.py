@@ -1,0 +1,340 @@
+"""Knowledge distillation: a small student learns from a big teacher's outputs and features.
+
+**Soft targets** (Hinton, Vinyals & Dean 2015). A softmax at temperature T,
+
+    p_i(z; T) = exp(z_i / T) / sum_j exp(z_j / T),
+
+spreads a confident teacher's probability mass over the wrong classes too: a "2" that looks a
+bit like a "3" and a bit like a "7" says so at T = 4 or 20, while at T = 1 it is just a "2".
+That relative mass on the wrong classes is the "dark knowledge" a student learns from.
+
+**The distillation loss** mixes matching those soft targets with the usual hard labels:
+
+    L = alpha * T^2 * KL(p(z_t; T) || p(z_s; T)) + (1 - alpha) * CE(z_s, y)
+
+The gradient of KL(p_t || p_s) with respect to a student logit is (p_s - p_t) / T per sample;
+for logits small against T that is about (z_s - z_t) / (K T^2) (K classes, zero-mean logits).
+Multiplying by T^2 makes the soft term's gradient T (p_s - p_t) ~ (z_s - z_t) / K, the same
+whatever T is: alpha then means the same thing at T = 2 and at T = 20.
+
+**Feature (hint) losses.** The teacher can also pass on an intermediate representation:
+
+* FitNets (Romero et al. 2015): MSE between the student's hint layer, mapped by a small learned
+  *projection* (a 1x1 conv or a linear layer) to the teacher's width, and the teacher's;
+* cosine: 1 - cos(student features, teacher features), per sample, as in PyTorch's
+  knowledge-distillation tutorial; it ignores the features' scale.
+
+Features are read with forward hooks (``feature_hooks``): the models stay as they are.
+``distillation_loss_fn`` puts it all together for ``compresslab.train.fit(..., loss_fn=...)``.
+
+Production tools: the loss is five lines in any framework; torchdistill and
+Intel's Neural Compressor package these losses with configuration files.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import numbers
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .train import model_device, predict
+
+FEATURE_LOSSES = ("mse", "cosine")
+
+# ---------------------------------------------------------------- checks
+
+
+def check_temperature(T: float) -> float:
+    if not isinstance(T, numbers.Real) or isinstance(T, bool) or not math.isfinite(T) or T <= 0:
+        raise ValueError(f"The temperature T must be a positive number, got {T!r} "
+                         "(T = 1 is the ordinary softmax; Hinton et al. use T between 2 and 20).")
+    return float(T)
+
+
+def check_alpha(alpha: float) -> float:
+    if not isinstance(alpha, numbers.Real) or isinstance(alpha, bool) or not 0 <= alpha <= 1:
+        raise ValueError(f"alpha weighs the soft targets against the labels and must lie in "
+                         f"[0, 1], got {alpha!r} (alpha = 0: labels only; alpha = 1: teacher only).")
+    return float(alpha)
+
+
+def check_same_classes(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> None:
+    s, t = student_logits.shape[-1], teacher_logits.shape[-1]
+    if s != t:
+        raise ValueError(f"The student has {s} outputs (classes) but the teacher has {t}: "
+                         "distillation compares the two distributions class by class, so both "
+                         "models must predict the same classes.")
+
+# ---------------------------------------------------------------- 1. soft targets and the KD loss
+
+
+def soft_targets(logits: torch.Tensor, T: float) -> torch.Tensor:
+    """softmax(z / T) over the classes: T = 1 is the usual softmax, larger T is softer."""
+    return F.softmax(logits.float() / check_temperature(T), dim=-1)
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+            T: float = 4.0, alpha: float = 0.9) -> torch.Tensor:
+    """alpha * T^2 * KL(softmax(z_t/T) || softmax(z_s/T)) + (1 - alpha) * CE(z_s, y).
+
+    KL is summed over the classes and averaged over the batch ("batchmean": the true KL per
+    sample); it is zero when the student's logits equal the teacher's. alpha = 0 gives plain
+    cross-entropy; alpha = 1 learns from the teacher alone (no labels needed).
+    """
+    T, alpha = check_temperature(T), check_alpha(alpha)
+    check_same_classes(student_logits, teacher_logits)
+    s, t = student_logits.float(), teacher_logits.detach().float()  # float32 even under autocast
+    soft = F.kl_div(F.log_softmax(s / T, dim=-1), F.log_softmax(t / T, dim=-1),
+                    reduction="batchmean", log_target=True)
+    hard = F.cross_entropy(s, labels)
+    return alpha * T * T * soft + (1 - alpha) * hard
+
+# ---------------------------------------------------------------- 2. features: hooks and hint losses
+
+
+@contextlib.contextmanager
+def feature_hooks(model: nn.Module, layer_names: Iterable[str]):
+    """Capture the outputs of named layers during forward passes inside the ``with`` block.
+
+    >>> with feature_hooks(model, ["relu4"]) as feats:
+    ...     logits = model(x)
+    >>> feats["relu4"].shape
+
+    The hooks are removed on leaving the block, even after an error; the captured tensors keep
+    their autograd graph, so a loss on them trains the layers that produced them.
+    """
+    names = list(layer_names)
+    modules = dict(model.named_modules())
+    missing = [n for n in names if n not in modules or n == ""]
+    if missing:
+        raise ValueError(f"The model has no layer(s) {missing}; its layers are "
+                         f"{[n for n in modules if n]}.")
+    feats: dict[str, torch.Tensor] = {}
+    handles = [modules[n].register_forward_hook(
+        lambda module, inputs, output, n=n: feats.__setitem__(n, output)) for n in names]
+    try:
+        yield feats
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def hint_projection(student_shape, teacher_shape) -> nn.Module:
+    """FitNets' regressor from the student's feature width to the teacher's.
+
+    (N, C_s, H, W) -> 1x1 conv C_s -> C_t;  (N, C_s) -> linear C_s -> C_t. The spatial size
+    must already agree: hook layers at the same resolution in both networks.
+    """
+    s, t = tuple(student_shape), tuple(teacher_shape)
+    if len(s) != len(t) or len(s) not in (2, 4) or s[2:] != t[2:]:
+        raise ValueError(f"Cannot map student features of shape {s} onto teacher features of "
+                         f"shape {t}: hook layers with the same kind of output (both (N, C) or "
+                         "both (N, C, H, W)) and, for images, the same resolution.")
+    if len(s) == 4:
+        return nn.Conv2d(s[1], t[1], kernel_size=1, bias=False)
+    return nn.Linear(s[1], t[1], bias=False)
+
+
+def hint_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor) -> torch.Tensor:
+    """FitNets: mean squared error (1/n) ||r(f_s) - f_t||^2 between the (projected) student
+    features and the teacher's."""
+    check_feature_shapes(student_feat, teacher_feat)
+    return F.mse_loss(student_feat.float(), teacher_feat.detach().float())
+
+
+def cosine_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of 1 - cos(f_s, f_t), each sample's features flattened to a vector:
+    0 when they point the same way, whatever their lengths (PyTorch's KD tutorial uses
+    ``nn.CosineEmbeddingLoss`` with target 1, which is the same)."""
+    check_feature_shapes(student_feat, teacher_feat)
+    s, t = student_feat.flatten(1).float(), teacher_feat.detach().flatten(1).float()
+    return (1 - F.cosine_similarity(s, t, dim=1)).mean()
+
+
+def check_feature_shapes(student_feat: torch.Tensor, teacher_feat: torch.Tensor) -> None:
+    if student_feat.shape != teacher_feat.shape:
+        raise ValueError(f"Student features {tuple(student_feat.shape)} and teacher features "
+                         f"{tuple(teacher_feat.shape)} differ in shape: train a projection "
+                         "(with_hint_projection) or hook layers of the same width.")
+
+
+class HintStudent(nn.Module):
+    """A student plus the FitNets projection of its hint layer, trained together by ``fit``.
+
+    ``fit`` builds its optimizer from ``model.parameters()``: passing this wrapper gives it the
+    projection's weights as well as the student's. (Attaching the projection to an
+    ``nn.Sequential`` student instead would append it to the forward pass.) Its forward is
+    the student's, so ``fit``'s test accuracy is the student's; after training keep
+    ``.student`` and drop the projection, which is needed only for the loss.
+    """
+
+    def __init__(self, student: nn.Module, projection: nn.Module):
+        super().__init__()
+        self.student, self.projection = student, projection
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.student(x)
+
+
+def with_hint_projection(student: nn.Module, teacher: nn.Module, student_layer: str,
+                         teacher_layer: str, example_input: torch.Tensor, seed: int = 0) -> HintStudent:
+    """Wrap ``student`` with a projection from its ``student_layer`` to ``teacher_layer``'s width.
+
+    One forward pass of both models on (the first two samples of) ``example_input``, a batch
+    of the data, reads the two feature shapes; where they already agree the projection is the
+    identity.
+    """
+    shapes = []
+    for model, layer in ((student, student_layer), (teacher, teacher_layer)):
+        was_training = model.training
+        model.eval()
+        with torch.no_grad(), feature_hooks(model, [layer]) as feats:
+            model(example_input[:2].to(model_device(model)))
+        model.train(was_training)
+        shapes.append(feats[layer].shape)
+    if shapes[0] == shapes[1]:
+        projection = nn.Identity()
+    else:
+        with torch.random.fork_rng(devices=[]):  # a repeatable init without reseeding the caller
+            torch.manual_seed(seed)
+            projection = hint_projection(*shapes)
+    return HintStudent(student, projection.to(model_device(student)))
+
+
+def distillation_loss_fn(teacher: nn.Module, T: float = 4.0, alpha: float = 0.9, *,
+                         hint: tuple[str, str] | None = None, beta: float = 1.0,
+                         feature_loss: str = "mse"):
+    """A ``loss_fn(model, x, y)`` for ``fit``: the KD loss, plus beta * a feature loss.
+
+    loss = kd_loss(z_s, z_t, y, T, alpha) + beta * feature_loss(r(f_s), f_t)
+
+    * logit KD only: ``hint=None`` (the default);
+    * feature KD only: ``alpha=0`` (labels + features) and ``hint=("relu4", "relu4")``;
+    * both: ``alpha > 0`` and a ``hint``.
+
+    ``hint = (student_layer, teacher_layer)`` names the layers whose outputs are compared with
+    ``feature_loss`` ("mse": FitNets, or "cosine"). When their widths differ, train a
+    ``with_hint_projection(student, ...)`` wrapper with ``fit``; ``model.projection`` is then
+    used as r. The teacher runs in eval mode without gradients, on the student's device
+    (moved there at the first batch).
+    """
+    T, alpha = check_temperature(T), check_alpha(alpha)
+    if feature_loss not in FEATURE_LOSSES:
+        raise ValueError(f"Unknown feature loss {feature_loss!r}: use one of {FEATURE_LOSSES}.")
+    if not (isinstance(beta, numbers.Real) and beta >= 0):
+        raise ValueError(f"beta (the weight of the feature loss) must be >= 0, got {beta!r}.")
+    if hint is not None and (len(hint) != 2 or not all(isinstance(n, str) for n in hint)):
+        raise ValueError(f"hint must be a pair of layer names (student_layer, teacher_layer), got {hint!r}.")
+    compare = hint_loss if feature_loss == "mse" else cosine_loss
+
+    def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        student, projection = ((model.student, model.projection) if isinstance(model, HintStudent)
+                               else (model, nn.Identity()))
+        if model_device(teacher) != x.device:
+            teacher.to(x.device)
+        teacher.eval()  # in case something switched it to training mode (dropout, BatchNorm)
+        if hint is None:
+            with torch.no_grad():
+                teacher_logits = teacher(x)
+            return kd_loss(student(x), teacher_logits, y, T, alpha)
+        with torch.no_grad(), feature_hooks(teacher, [hint[1]]) as t_feats:
+            teacher_logits = teacher(x)
+        with feature_hooks(student, [hint[0]]) as s_feats:
+            student_logits = student(x)
+        loss = kd_loss(student_logits, teacher_logits, y, T, alpha)
+        return loss + beta * compare(projection(s_feats[hint[0]]), t_feats[hint[1]])
+
+    return loss_fn
+
+# ---------------------------------------------------------------- 3. Hinton et al.'s MNIST experiments
+
+
+def class_similarity(logits: torch.Tensor, labels: torch.Tensor, T: float = 4.0,
+                     num_classes: int | None = None) -> torch.Tensor:
+    """Row c: the mean of softmax(z / T) over the samples whose true class is c.
+
+    The off-diagonal entries are the dark knowledge: which classes the teacher finds alike
+    (on MNIST, 4 and 9, 3 and 5, 7 and 9). Get the logits with ``train.predict(teacher, loader)``.
+    """
+    p = soft_targets(logits, T)
+    k = num_classes or p.shape[1]
+    labels = labels.to(p.device)
+    sums = torch.zeros(k, p.shape[1], device=p.device).index_add_(0, labels, p)
+    counts = torch.bincount(labels, minlength=k).clamp(min=1).unsqueeze(1)
+    return sums / counts
+
+
+def final_linear(model: nn.Module) -> nn.Linear:
+    """The last ``nn.Linear`` of a model: the layer whose bias shifts the logits."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError("The model has no nn.Linear layer whose bias could be raised.")
+    return linears[-1]
+
+
+def raise_class_bias(model: nn.Module, cls: int, delta: float) -> nn.Module:
+    """Add ``delta`` to the final layer's bias of class ``cls`` (in place): z_cls -> z_cls + delta.
+
+    Hinton et al.'s fix for a student that never saw a "3" in its transfer set: it learned
+    what 3s look like from the soft targets, but too little prior for the class itself.
+    """
+    fc = final_linear(model)
+    if fc.bias is None:
+        raise ValueError("The final linear layer has no bias to raise; build it with bias=True.")
+    if not 0 <= cls < fc.out_features:
+        raise ValueError(f"Class {cls} does not exist: the model has {fc.out_features} classes.")
+    with torch.no_grad():
+        fc.bias[cls] += delta
+    return model
+
+
+def bias_sweep(model: nn.Module, loader, cls: int, deltas=None) -> pd.DataFrame:
+    """Accuracy (overall and on class ``cls``) for each bias increase delta, on a loader.
+
+    Adding delta to a bias adds delta to that logit, so one pass of ``predict`` serves every
+    delta. One row per delta: delta, accuracy, class_accuracy, errors, class_errors.
+    """
+    deltas = np.arange(0, 10.01, 0.25) if deltas is None else deltas
+    logits, labels = predict(model, loader)
+    if not 0 <= cls < logits.shape[1]:
+        raise ValueError(f"Class {cls} does not exist: the model has {logits.shape[1]} classes.")
+    is_cls, rows = labels == cls, []
+    for d in deltas:
+        shifted = logits.clone()
+        shifted[:, cls] += float(d)
+        right = shifted.argmax(1) == labels
+        rows.append({"delta": float(d), "accuracy": 100.0 * right.float().mean().item(),
+                     "class_accuracy": 100.0 * right[is_cls].float().mean().item() if is_cls.any() else float("nan"),
+                     "errors": int((~right).sum()), "class_errors": int((~right & is_cls).sum())})
+    return pd.DataFrame(rows)
+
+
+def best_bias_delta(model: nn.Module, loader, cls: int, deltas=None) -> float:
+    """The delta of ``bias_sweep`` with the highest overall accuracy (the smallest on ties).
+
+    Choose it on a validation loader, not on the test set you report (Hinton et al. picked
+    theirs, 3.5, on the test set).
+    """
+    table = bias_sweep(model, loader, cls, deltas)
+    return float(table.loc[table["accuracy"].idxmax(), "delta"])
+
+
+def transfer_set_without(ds, cls: int, batch_size: int = 128, augment: bool = False,
+                         seed: int = 0, device="cpu"):
+    """A training loader of ``ds`` with every sample of class ``cls`` left out.
+
+    The "missing 3s" experiment: the student never sees a 3, and learns about them only
+    through the teacher's soft targets on the other digits.
+    """
+    from .data import Loader
+
+    if not 0 <= cls < len(ds.classes):
+        raise ValueError(f"Class {cls} does not exist: {ds.name} has {len(ds.classes)} classes.")
+    keep = ds.y_train != cls
+    return Loader(ds, ds.x_train[keep], ds.y_train[keep], batch_size, True, augment, seed, device)
