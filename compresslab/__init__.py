@@ -6,8 +6,12 @@ One module per idea; the notebooks in ``notebooks/`` import from here:
 * :mod:`compresslab.models`   LeNet-300-100, LeNet-5 (Caffe), a small VGG-style CIFAR CNN (and its
                               depthwise-separable twin), Hinton et al.'s MNIST teacher and student
 * :mod:`compresslab.train`    fit / fine_tune / evaluate, seeded and device-agnostic
-* :mod:`compresslab.zoo`      pretrained baselines with verified checksums
-* :mod:`compresslab.metrics`  parameters, sparsity, bytes, FLOPs, latency
+* :mod:`compresslab.zoo`      pretrained checkpoints with verified checksums
+* :mod:`compresslab.metrics`  parameters, sparsity, bytes, FLOPs, latency, speed tables
+* :mod:`compresslab.pruning`  unstructured pruning: scores, masks, schedules
+* :mod:`compresslab.structured`  filter / channel pruning, surgery, network slimming
+* :mod:`compresslab.quantization`  affine quantization, PTQ / QAT, k-means, binary / ternary, mixed precision
+* :mod:`compresslab.deploy`   ONNX export and real int8 with ONNX Runtime
 * :mod:`compresslab.distillation`   the KD loss, feature (hint) losses, Hinton et al.'s experiments
 * :mod:`compresslab.factorization`  truncated SVD, Tucker-2, separable and depthwise-separable convs
 * :mod:`compresslab.viz`      one plotting style for the whole workbook

@@ -41,6 +41,7 @@ is all the SVD path needs.
 from __future__ import annotations
 
 import copy
+import functools
 import numbers
 from collections import OrderedDict
 
@@ -170,11 +171,21 @@ def svd_factorize(model: nn.Module, energy=None, ranks=None, layers=None,
             [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     hint = "use tucker2_factorize or separable_factorize for convolutions"
     found = {n: get_layer(model, n, nn.Linear, "svd_factorize", hint) for n in layers}
+    ranks = choose_ranks(found, energy, ranks, lambda layer, k: rank_for_energy(singular_values(layer), k))
+    return replace_layers(model, found, ranks, svd_linear, inplace)
+
+
+def choose_ranks(found: dict, energy, ranks, rank_of, what: str = "rank") -> dict:
+    """Per-layer ranks: given (an int / tuple for all, or a dict), or ``rank_of(layer, keep)``
+    for the energy to keep (one fraction for all, or a dict)."""
     if ranks is None:
-        ranks = {n: rank_for_energy(singular_values(found[n]), k)
-                 for n, k in per_layer(energy, layers, "energy").items()}
-    ranks = per_layer(ranks, layers, "rank")
-    new = {n: svd_linear(found[n], ranks[n], n) for n in layers}  # all checks before any change
+        ranks = {n: rank_of(found[n], k) for n, k in per_layer(energy, list(found), "energy").items()}
+    return per_layer(ranks, list(found), what)
+
+
+def replace_layers(model: nn.Module, found: dict, ranks: dict, build, inplace: bool) -> nn.Module:
+    """Build every replacement first (a bad rank then changes nothing), then swap them in."""
+    new = {n: build(layer, ranks[n], name=n) for n, layer in found.items()}
     model = model if inplace else copy.deepcopy(model)
     for n, block in new.items():
         replace_layer(model, n, block)
@@ -283,14 +294,8 @@ def tucker2_factorize(model: nn.Module, energy=None, ranks=None, layers=None, n_
         layers = list(ranks) if isinstance(ranks, dict) else default_convs(model)
     found = {n: check_conv(get_layer(model, n, nn.Conv2d, "tucker2_factorize", "use svd_factorize for "
                                      "nn.Linear"), n, "Tucker-2") for n in layers}
-    if ranks is None:
-        ranks = {n: tucker2_ranks(found[n], k) for n, k in per_layer(energy, layers, "energy").items()}
-    ranks = per_layer(ranks, layers, "ranks")
-    new = {n: tucker2_conv(found[n], ranks[n], n_iter, n) for n in layers}
-    model = model if inplace else copy.deepcopy(model)
-    for n, block in new.items():
-        replace_layer(model, n, block)
-    return model
+    ranks = choose_ranks(found, energy, ranks, tucker2_ranks, "ranks")
+    return replace_layers(model, found, ranks, functools.partial(tucker2_conv, n_iter=n_iter), inplace)
 
 # ---------------------------------------------------------------- 3. spatially separable (k x 1, 1 x k)
 
@@ -338,15 +343,9 @@ def separable_factorize(model: nn.Module, energy=None, ranks=None, layers=None,
         layers = list(ranks) if isinstance(ranks, dict) else default_convs(model)
     found = {n: check_conv(get_layer(model, n, nn.Conv2d, "separable_factorize", "use svd_factorize for "
                                      "nn.Linear"), n, "the spatially separable factorization") for n in layers}
-    if ranks is None:
-        ranks = {n: rank_for_energy(torch.linalg.svdvals(separable_matrix(found[n].weight)), k)
-                 for n, k in per_layer(energy, layers, "energy").items()}
-    ranks = per_layer(ranks, layers, "rank")
-    new = {n: separable_conv(found[n], ranks[n], n) for n in layers}
-    model = model if inplace else copy.deepcopy(model)
-    for n, block in new.items():
-        replace_layer(model, n, block)
-    return model
+    ranks = choose_ranks(found, energy, ranks, lambda conv, k: rank_for_energy(
+        torch.linalg.svdvals(separable_matrix(conv.weight)), k))
+    return replace_layers(model, found, ranks, separable_conv, inplace)
 
 # ---------------------------------------------------------------- 4. depthwise separable (MobileNet)
 
