@@ -12,8 +12,10 @@ One module per idea; the notebooks in ``notebooks/`` import from here:
 * :mod:`compresslab.structured`  filter / channel pruning, surgery, network slimming
 * :mod:`compresslab.quantization`  affine quantization, PTQ / QAT, k-means, binary / ternary, mixed precision
 * :mod:`compresslab.deploy`   ONNX export and real int8 with ONNX Runtime
-* :mod:`compresslab.distillation`   the KD loss, feature (hint) losses, Hinton et al.'s experiments
+* :mod:`compresslab.distillation`   the KD loss, feature (hint) losses, a cached teacher, Hinton et al.'s experiments
 * :mod:`compresslab.factorization`  truncated SVD, Tucker-2, separable and depthwise-separable convs
+* :mod:`compresslab.coding`   Deep Compression's storage: relative indices, Huffman coding, bytes per stage
+* :mod:`compresslab.experiments`  runs too long for a notebook, written to ``data/results/``
 * :mod:`compresslab.viz`      one plotting style for the whole workbook
 """
 from .data import Dataset, DatasetNotFoundError, load_dataset

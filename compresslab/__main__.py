@@ -4,8 +4,11 @@
     python -m compresslab datasets --import FILE.npz   # install an .npz handed out by an instructor
     python -m compresslab checkpoints verify           # checksums + test accuracy of the zoo
     python -m compresslab checkpoints retrain [NAMES] [--force] [--out DIR]
+    python -m compresslab experiments kd-cifar [--force] [--out DIR]   # long runs notebooks read
     python -m compresslab exercises                    # regenerate notebooks/exercises/
-    python -m compresslab bench [epoch|structured|int8|notebooks]   # speed figures
+    python -m compresslab run [07 08 ...]              # execute notebooks headless: status + run time
+    python -m compresslab report [--readme]            # the headline results as a Markdown table
+    python -m compresslab bench [epoch|structured|int8|tucker|notebooks]   # speed figures
 """
 from __future__ import annotations
 
@@ -37,11 +40,40 @@ def cmd_checkpoints(args) -> int:
     return 0
 
 
+def cmd_experiments(args) -> int:
+    from . import experiments
+
+    experiments.run(args.name, args.out or experiments.RESULTS_DIR, args.force, args.device)
+    return 0
+
+
 def cmd_exercises(args) -> int:
     from . import exercises
 
     for path in exercises.write_student_copies():
         print(f"wrote {path.relative_to(exercises.ROOT)}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from . import bench
+
+    rows = bench.bench_notebooks(bench.notebook_paths(args.notebooks), timeout=args.timeout,
+                                 progress=not args.no_progress)
+    failed = [name for name, status, _ in rows if status != "ok"]
+    if failed:
+        print(f"{len(failed)} notebook(s) failed: {failed}. Open one and run it to see the error.", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_report(args) -> int:
+    from . import report
+
+    table = report.markdown(report.results(latency=not args.no_latency))
+    print(table)
+    if args.readme:
+        report.write_readme(table)
+        print(f"wrote the table into {report.README}")
     return 0
 
 
@@ -75,11 +107,31 @@ def main(argv=None) -> int:
     c.add_argument("--device", default=None, help="cpu, cuda or mps (default: best available)")
     c.set_defaults(run=cmd_checkpoints)
 
+    x = sub.add_parser("experiments", help="run an experiment too long for a notebook; writes data/results/")
+    x.add_argument("name", choices=["kd-cifar"], help="kd-cifar: notebook 07's CIFAR-10 students, 4 losses x 3 seeds (~20 min)")
+    x.add_argument("--out", type=Path, default=None, help="output folder (default: data/results)")
+    x.add_argument("--force", action="store_true", help="replace existing results")
+    x.add_argument("--device", default=None, help="cpu, cuda or mps (default: best available)")
+    x.set_defaults(run=cmd_experiments)
+
     e = sub.add_parser("exercises", help="regenerate the student copies in notebooks/exercises/")
     e.set_defaults(run=cmd_exercises)
 
+    r = sub.add_parser("run", help="execute notebooks headless (will the lab work on this machine?)")
+    r.add_argument("notebooks", nargs="*", metavar="NOTEBOOK",
+                   help="numbers or names, e.g. 01 07_distillation (default: all)")
+    r.add_argument("--timeout", type=int, default=1800, help="seconds a single cell may take (default 1800)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.set_defaults(run=cmd_run)
+
+    t = sub.add_parser("report", help="recompute the headline results (a few minutes) and print them as Markdown")
+    t.add_argument("--readme", action="store_true", help="also write the table into README.md (between its markers)")
+    t.add_argument("--no-latency", action="store_true", help="skip the timing (the only column that varies between runs)")
+    t.set_defaults(run=cmd_report)
+
     b = sub.add_parser("bench", help="print speed figures")
-    b.add_argument("what", nargs="?", choices=["all", "epoch", "structured", "int8", "notebooks"], default="all")
+    from .bench import BENCHES
+    b.add_argument("what", nargs="?", choices=BENCHES, default="all")
     b.set_defaults(run=cmd_bench)
 
     args = p.parse_args(argv)

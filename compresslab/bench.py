@@ -3,8 +3,10 @@
     python -m compresslab bench epoch       # one MNIST epoch of LeNet-5, and the data pipeline's share
     python -m compresslab bench structured  # the zoo's half-FLOPs CIFAR CNN against the dense one
     python -m compresslab bench int8        # the CIFAR CNN in int8 (ONNX Runtime) against fp32
+    python -m compresslab bench tucker      # the Tucker-2 CIFAR CNN against the original
     python -m compresslab bench notebooks   # execute every notebook in a fresh kernel, time each
-    python -m compresslab bench             # all three
+                                            # (= python -m compresslab run)
+    python -m compresslab bench             # all of them
 """
 from __future__ import annotations
 
@@ -92,22 +94,72 @@ def bench_int8(rounds: int = 5) -> dict[str, float]:
     return {"ratio_b256": speed[("ORT fp32", 256)] / speed[("ORT int8", 256)]}
 
 
-def bench_notebooks(paths: list[Path] | None = None, timeout: int = 1800) -> list[tuple[str, str, float]]:
-    """Execute notebooks top to bottom in a fresh kernel (the files are not modified)."""
+def bench_tucker(rounds: int = 5) -> dict[int, float]:
+    """Issue 6's speed goal: ``cifar_cnn_tucker`` (Tucker-2 at half ranks, fine-tuned) against
+    ``cifar_cnn``, both in PyTorch eager and in ONNX Runtime (BatchNorm folded, ReLU fused)."""
+    import tempfile
+
+    from . import deploy, metrics, zoo
+    from .train import evaluate
+
+    names = ("cifar_cnn", "cifar_cnn_tucker")
+    eager = {name: zoo.load_pretrained(name, "cpu") for name in names}
+    test = load_dataset("cifar10").loader("test", 1000)
+    acc = {name: evaluate(m, test)["accuracy"] for name, m in eager.items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        ort = {f"{n} (ORT)": deploy.OnnxModel(deploy.export_onnx(m, Path(tmp) / f"{n}.onnx", (3, 32, 32)))
+               for n, m in eager.items()}
+        speed = metrics.speed_table(eager | ort, (3, 32, 32), (1, 256), rounds).set_index(["model", "batch"])["best ms"]
+    flops = [metrics.flops(eager[n], (3, 32, 32)) for n in names]
+    print(f"accuracy: cifar_cnn {acc['cifar_cnn']:.2f}%, cifar_cnn_tucker {acc['cifar_cnn_tucker']:.2f}% "
+          f"({acc['cifar_cnn'] - acc['cifar_cnn_tucker']:.2f} points lost; goal: at most 1.5)")
+    print(f"FLOPs: {flops[0] / flops[1]:.2f}x fewer (goal: at least 2)")
+    out = {}
+    for b in (1, 256):
+        out[b] = speed[("cifar_cnn (ORT)", b)] / speed[("cifar_cnn_tucker (ORT)", b)]
+        print(f"batch {b:3d}: ONNX Runtime {speed[('cifar_cnn (ORT)', b)]:.2f} -> {speed[('cifar_cnn_tucker (ORT)', b)]:.2f} ms, "
+              f"{out[b]:.2f}x faster; PyTorch eager {speed[('cifar_cnn', b)]:.2f} -> {speed[('cifar_cnn_tucker', b)]:.2f} ms, "
+              f"{speed[('cifar_cnn', b)] / speed[('cifar_cnn_tucker', b)]:.2f}x")
+    print("goal at batch 256: at least 1.5x faster")
+    return out
+
+
+def notebook_paths(names=None) -> list[Path]:
+    """The numbered notebooks, or those whose file name starts with one of ``names`` ("07", "07_distillation")."""
+    every = sorted((ROOT / "notebooks").glob("[0-9]*.ipynb"))
+    if not names:
+        return every
+    chosen = [p for p in every if any(p.name.startswith(n) for n in names)]
+    unknown = [n for n in names if not any(p.name.startswith(n) for p in every)]
+    if unknown:
+        raise ValueError(f"No notebook matches {unknown}: choose from {[p.stem for p in every]}.")
+    return chosen
+
+
+def bench_notebooks(paths: list[Path] | None = None, timeout: int = 1800,
+                    progress: bool = True) -> list[tuple[str, str, float]]:
+    """Execute notebooks top to bottom in a fresh kernel, as a student would (the files are
+    not modified); a progress bar counts the cells; one line per notebook: status, seconds."""
     import nbformat
     from nbclient import NotebookClient
+    from tqdm.auto import tqdm
 
-    paths = paths or sorted((ROOT / "notebooks").glob("[0-9]*.ipynb"))
+    paths = paths or notebook_paths()
     rows = []
     for path in paths:
         nb = nbformat.read(path, as_version=4)
+        bar = tqdm(total=sum(c.cell_type == "code" for c in nb.cells), desc=path.stem, unit="cell",
+                   disable=not progress, leave=False)
+        client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                                resources={"metadata": {"path": str(path.parent)}},
+                                on_cell_executed=lambda **kw: bar.update(1))
         start = time.perf_counter()
         try:
-            NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                           resources={"metadata": {"path": str(path.parent)}}).execute()
+            client.execute()
             status = "ok"
         except Exception as e:  # report and go on: the instructor wants the whole table
             status = f"FAILED: {type(e).__name__}"
+        bar.close()
         seconds = time.perf_counter() - start
         rows.append((path.name, status, seconds))
         print(f"{path.name:45s} {status:10s} {seconds:7.1f} s", flush=True)
@@ -115,10 +167,13 @@ def bench_notebooks(paths: list[Path] | None = None, timeout: int = 1800) -> lis
     return rows
 
 
+BENCHES = ["all", "epoch", "structured", "int8", "tucker", "notebooks"]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m compresslab bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", nargs="?", choices=["all", "epoch", "structured", "int8", "notebooks"], default="all")
+    p.add_argument("what", nargs="?", choices=BENCHES, default="all")
     args = p.parse_args(argv)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
     if args.what in ("all", "epoch"):
@@ -131,6 +186,8 @@ def main(argv=None) -> int:
         bench_structured()
     if args.what in ("all", "int8"):
         bench_int8()
+    if args.what in ("all", "tucker"):
+        bench_tucker()
     ok = True
     if args.what in ("all", "notebooks"):
         ok = all(status == "ok" for _, status, _ in bench_notebooks())

@@ -43,7 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .train import model_device, predict
+from .data import random_crop_flip
+from .train import autocast, bf16_is_fast, get_device, model_device, predict
 
 FEATURE_LOSSES = ("mse", "cosine")
 
@@ -207,7 +208,7 @@ def with_hint_projection(student: nn.Module, teacher: nn.Module, student_layer: 
     return HintStudent(student, projection.to(model_device(student)))
 
 
-def distillation_loss_fn(teacher: nn.Module, T: float = 4.0, alpha: float = 0.9, *,
+def distillation_loss_fn(teacher, T: float = 4.0, alpha: float = 0.9, *,
                          hint: tuple[str, str] | None = None, beta: float = 1.0,
                          feature_loss: str = "mse"):
     """A ``loss_fn(model, x, y)`` for ``fit``: the KD loss, plus beta * a feature loss.
@@ -221,8 +222,9 @@ def distillation_loss_fn(teacher: nn.Module, T: float = 4.0, alpha: float = 0.9,
     ``hint = (student_layer, teacher_layer)`` names the layers whose outputs are compared with
     ``feature_loss`` ("mse": FitNets, or "cosine"). When their widths differ, train a
     ``with_hint_projection(student, ...)`` wrapper with ``fit``; ``model.projection`` is then
-    used as r. The teacher runs in eval mode without gradients, on the student's device
-    (moved there at the first batch).
+    used as r. ``teacher`` is a model, run in eval mode without gradients on the student's
+    device (moved there at the first batch), or a ``CachedTeacher`` whose outputs were
+    computed once.
     """
     T, alpha = check_temperature(T), check_alpha(alpha)
     if feature_loss not in FEATURE_LOSSES:
@@ -231,28 +233,123 @@ def distillation_loss_fn(teacher: nn.Module, T: float = 4.0, alpha: float = 0.9,
         raise ValueError(f"beta (the weight of the feature loss) must be >= 0, got {beta!r}.")
     if hint is not None and (len(hint) != 2 or not all(isinstance(n, str) for n in hint)):
         raise ValueError(f"hint must be a pair of layer names (student_layer, teacher_layer), got {hint!r}.")
+    if isinstance(teacher, CachedTeacher) and hint and hint[1] != teacher.hint_layer:
+        raise ValueError(f"The cached teacher holds the features of layer {teacher.hint_layer!r}, "
+                         f"not {hint[1]!r}: build it with hint_layer={hint[1]!r}.")
     compare = hint_loss if feature_loss == "mse" else cosine_loss
 
     def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         student, projection = ((model.student, model.projection) if isinstance(model, HintStudent)
                                else (model, nn.Identity()))
-        if model_device(teacher) != x.device:
-            teacher.to(x.device)
-        teacher.eval()  # in case something switched it to training mode (dropout, BatchNorm)
-        if hint is None:
-            with torch.no_grad():
-                teacher_logits = teacher(x)
-            return kd_loss(student(x), teacher_logits, y, T, alpha)
-        with torch.no_grad(), feature_hooks(teacher, [hint[1]]) as t_feats:
-            teacher_logits = teacher(x)
-        with feature_hooks(student, [hint[0]]) as s_feats:
+        teacher_logits, teacher_feat = teacher_outputs(teacher, x, hint and hint[1])
+        with feature_hooks(student, [hint[0]] if hint else []) as s_feats:
             student_logits = student(x)
         loss = kd_loss(student_logits, teacher_logits, y, T, alpha)
-        return loss + beta * compare(projection(s_feats[hint[0]]), t_feats[hint[1]])
+        if hint:
+            loss = loss + beta * compare(projection(s_feats[hint[0]]), teacher_feat)
+        return loss
 
     return loss_fn
 
-# ---------------------------------------------------------------- 3. Hinton et al.'s MNIST experiments
+
+@torch.no_grad()
+def teacher_outputs(teacher, x: torch.Tensor, layer: str | None = None):
+    """(logits, features of ``layer`` or None) of the teacher on a batch, without gradients."""
+    if isinstance(teacher, CachedTeacher):
+        return teacher.batch_outputs(x)
+    if model_device(teacher) != x.device:
+        teacher.to(x.device)
+    teacher.eval()  # in case something switched it to training mode (dropout, BatchNorm)
+    with feature_hooks(teacher, [layer] if layer else []) as feats:
+        logits = teacher(x)
+    return logits, feats.get(layer)
+
+# ---------------------------------------------------------------- 3. a teacher computed once
+
+
+class CachedTeacher:
+    """A teacher's logits (and hint features) on ``epochs`` augmented copies of a training
+    set, computed once; its ``loader`` serves one copy per epoch to ``fit``.
+
+    Distillation runs the teacher forward on every training batch. When many students learn
+    from one teacher (several seeds, several losses), that forward pass is the same work
+    every time: on a 2-core CPU it costs as much as training a thin student. Here each epoch's
+    augmented images (random crop + flip) are drawn once and the teacher's outputs stored
+    beside them, so every student sees the very same images as its teacher did
+    ("consistent teaching", Beyer et al. 2022) and no teacher runs during training. The cost
+    is memory: ``epochs`` copies of the images plus float16 logits and features.
+
+    The loader hands each batch's teacher outputs to the loss through this object
+    (``batch_outputs``): ``fit`` computes the loss of a batch right after the loader yields it.
+    """
+
+    def __init__(self, teacher: nn.Module, ds, epochs: int, hint_layer: str | None = None,
+                 batch_size: int = 500, seed: int = 0, device=None):
+        if epochs < 1:
+            raise ValueError(f"epochs must be at least 1, got {epochs}.")
+        device = get_device(device)
+        cifar = ds.name == "cifar10"
+        g = torch.Generator().manual_seed(seed)
+        self.ds, self.hint_layer, self.y = ds, hint_layer, ds.y_train
+        self.images = [random_crop_flip(ds.x_train, 4 if cifar else 2, cifar, g) for _ in range(epochs)]
+        self.logits, self.features = [], []
+        teacher.to(device).eval()
+        nhwc = any(isinstance(m, nn.Conv2d) for m in teacher.modules())  # oneDNN's fast layout
+        if nhwc:
+            teacher.to(memory_format=torch.channels_last)
+        for images in self.images:
+            logits, feats = [], []
+            for start in range(0, len(images), batch_size):
+                x = ds.normalize(images[start:start + batch_size]).to(device)
+                if nhwc:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with autocast(device, bf16_is_fast(device)):
+                    z, f = teacher_outputs(teacher, x, hint_layer)
+                logits.append(z.half().cpu())
+                if hint_layer:
+                    feats.append(f.half().cpu())
+            self.logits.append(torch.cat(logits))
+            self.features.append(torch.cat(feats).contiguous() if hint_layer else None)
+        if nhwc:
+            teacher.to(memory_format=torch.contiguous_format)
+        self.current = None
+
+    def loader(self, batch_size: int = 256, seed: int = 0, device="cpu"):
+        return _CachedLoader(self, batch_size, seed, torch.device(device))
+
+    def batch_outputs(self, x: torch.Tensor):
+        if self.current is None:
+            raise RuntimeError("No batch yet: train on CachedTeacher.loader(...) batches.")
+        logits, feats = self.current
+        return logits.to(x.device).float(), None if feats is None else feats.to(x.device).float()
+
+    def accuracy(self) -> float:
+        """The teacher's accuracy (%) on its own augmented copies: how good its targets are."""
+        return 100.0 * float(torch.cat([(z.argmax(1) == self.y).float() for z in self.logits]).mean())
+
+
+class _CachedLoader:
+    """Epoch e of ``fit`` gets augmented copy e % epochs, in a fresh shuffled order."""
+
+    def __init__(self, cache: CachedTeacher, batch_size: int, seed: int, device: torch.device):
+        self.cache, self.batch_size, self.device = cache, batch_size, device
+        self.generator, self.epoch = torch.Generator().manual_seed(seed), 0
+
+    def __len__(self) -> int:
+        return (len(self.cache.y) + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self):
+        c, e = self.cache, self.epoch % len(self.cache.images)
+        self.epoch += 1
+        order = torch.randperm(len(c.y), generator=self.generator)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            feats = None if c.features[e] is None else c.features[e][idx]
+            c.current = (c.logits[e][idx], feats)
+            yield c.ds.normalize(c.images[e][idx]).to(self.device), c.y[idx].to(self.device)
+        c.current = None
+
+# ---------------------------------------------------------------- 4. Hinton et al.'s MNIST experiments
 
 
 def class_similarity(logits: torch.Tensor, labels: torch.Tensor, T: float = 4.0,

@@ -391,20 +391,28 @@ class KMeansQuantizer(nn.Module):
     The float weight is no longer used; only the ``centroids`` are trained. Autograd's
     backward of the indexing adds up the gradients of all weights that share a centroid:
     ∂L/∂c_k = Σ_{i: label_i = k} ∂L/∂w_i, exactly Deep Compression's centroid fine-tuning.
+    ``keep_zeros``: a pruned layer's zeros stay exactly zero and only its surviving weights
+    are clustered (Deep Compression shares the weights that pruning left).
     """
 
-    def __init__(self, weight: torch.Tensor, bits: int, iters: int = 30):
+    def __init__(self, weight: torch.Tensor, bits: int, iters: int = 30, keep_zeros: bool = False):
         super().__init__()
         self.bits = check_bits(bits, minimum=1)
-        centroids, labels = kmeans_codebook(weight, self.bits, iters)
+        mask = weight.detach() != 0 if keep_zeros else torch.ones_like(weight, dtype=torch.bool)
+        if not mask.any():
+            raise ValueError("Every weight of this layer is zero: there is nothing to cluster.")
+        centroids, labels = kmeans_codebook(weight.detach()[mask], self.bits, iters)
         self.centroids = nn.Parameter(centroids)
         self.register_buffer("labels", labels)
+        self.register_buffer("mask", mask)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        return self.centroids[self.labels].to(w.dtype)
+        return torch.zeros_like(w).masked_scatter(self.mask, self.centroids[self.labels].to(w.dtype))
 
     def storage_bits(self, w: torch.Tensor) -> tuple[int, int]:
-        return w.numel() * self.bits, self.centroids.numel() * 32   # b-bit indices + float codebook
+        """b-bit indices of the clustered weights + the float codebook (a sparse layer's
+        positions are extra: see ``coding.layer_storage``)."""
+        return int(self.mask.sum()) * self.bits, self.centroids.numel() * 32
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, codebook={self.centroids.numel()}"
@@ -493,13 +501,14 @@ def quantized_layers(model: nn.Module) -> dict[str, nn.Module]:
 def quantize_model(model: nn.Module, bits: int | dict[str, int] = 8, scheme: str = "uniform", *,
                    symmetric: bool = True, per_channel: bool = True, method: str = "minmax",
                    percentile: float = 99.99, act_bits: int | None = None, act_symmetric: bool = False,
-                   kmeans_iters: int = 30, layers: Iterable[str] | None = None,
+                   kmeans_iters: int = 30, keep_zeros: bool = False, layers: Iterable[str] | None = None,
                    exclude: Iterable[str] = ()) -> nn.Module:
     """Quantize the weights of conv / linear layers in place (and their inputs if ``act_bits``).
 
     ``bits`` is one width or a dict layer -> width (mixed precision; only those layers).
     ``scheme``: 'uniform' (``symmetric``, ``per_channel``, range ``method``), 'kmeans',
-    'pow2', 'binary' or 'ternary'. Activations: per tensor, asymmetric by default (post-ReLU
+    'pow2', 'binary' or 'ternary' (``keep_zeros``: k-means leaves a pruned layer's zeros at
+    zero). Activations: per tensor, asymmetric by default (post-ReLU
     inputs are non-negative: an unsigned grid wastes no level on negatives); their ranges come
     from ``calibrate``. Undo with ``remove_quantization``.
     """
@@ -524,7 +533,7 @@ def quantize_model(model: nn.Module, bits: int | dict[str, int] = 8, scheme: str
         if weight_quantizer(m) is not None or hasattr(m, "input_quantizer"):
             raise ValueError(f"Layer {name!r} is already quantized: call remove_quantization(model) first.")
         if scheme == "kmeans":
-            q = KMeansQuantizer(m.weight, b, kmeans_iters)
+            q = KMeansQuantizer(m.weight, b, kmeans_iters, keep_zeros)
         else:
             q = WeightQuantizer(scheme, b, symmetric, per_channel, method, percentile)
         parametrize.register_parametrization(m, "weight", q.to(m.weight.device))

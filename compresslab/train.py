@@ -52,6 +52,13 @@ def autocast(device: torch.device, enabled: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
+def bf16_is_fast(device: torch.device) -> bool:
+    """bfloat16 autocast pays off on GPUs and on CPUs with native bf16 (AVX-512 BF16 / AMX)."""
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 @torch.no_grad()
 def predict(model: nn.Module, loader, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """All logits and labels of a loader, on the CPU."""

@@ -7,7 +7,7 @@ verified: a truncated or tampered file is refused, and nothing is ever unpickled
 Retrain them all from scratch (prints the accuracy of each and refuses to overwrite
 existing files unless told to)::
 
-    python -m compresslab checkpoints retrain --force         # all of them, ~1 h on 2 CPU cores
+    python -m compresslab checkpoints retrain --force         # all of them, ~1.5 h on 2 CPU cores
     python -m compresslab checkpoints retrain lenet5 --out /tmp/zoo
     python -m compresslab checkpoints verify                  # checksums + test accuracy
 """
@@ -22,15 +22,19 @@ import torch
 from torch import nn
 
 from .data import DATA_DIR, dataset_label, load_dataset, sha256
+from .deep_compression import HAN, prune_and_retrain, share_weights
+from .distillation import distillation_loss_fn, transfer_set_without
+from .factorization import default_convs, tucker2_factorize
 from .models import DATASET_OF, build_model
 from .structured import bn_l1_penalty, prune_filters
-from .train import evaluate, fit, get_device
+from .train import bf16_is_fast, evaluate, fit, get_device  # noqa: F401 (bf16_is_fast: notebooks use zoo.bf16_is_fast)
 
 CHECKPOINT_DIR = DATA_DIR / "checkpoints"
 MANIFEST = "manifest.json"
 
 # How each checkpoint is trained. `python -m compresslab checkpoints retrain` uses exactly these.
 # "model" names the architecture when it differs from the checkpoint's name.
+EPOCHS_800 = 20
 RECIPES = {
     "lenet300": dict(epochs=20, lr=0.05, batch_size=128, weight_decay=5e-4, augment=False),
     "lenet5": dict(epochs=20, lr=0.05, batch_size=128, weight_decay=5e-4, augment=False),
@@ -47,19 +51,51 @@ RECIPES = {
     "cifar_cnn_pruned": dict(model="cifar_cnn", start_from="cifar_cnn", prune_filters=0.3,
                              epochs=10, lr=0.05, schedule="cosine", batch_size=256,
                              weight_decay=5e-4, label_smoothing=0.1, augment=True),
+    # The combined pipeline (notebook 09): 40% of every conv's filters removed (L1 norm), about
+    # 2.8x fewer FLOPs, then the accuracy recovered by distillation from the unpruned cifar_cnn.
+    # (Half of the filters, 8 epochs: 86.22%, 2.1 points lost.)
+    "cifar_cnn_pruned_kd": dict(model="cifar_cnn", start_from="cifar_cnn", prune_filters=0.4,
+                                teacher="cifar_cnn", T=4, alpha=0.9, epochs=8, lr=0.05,
+                                schedule="cosine", batch_size=256, weight_decay=5e-4, augment=True),
+    # Deep Compression (notebook 09, the report): Han et al.'s per-layer pruning in 4 rounds of
+    # 3 epochs, k-means sharing at their bits with the centroids fine-tuned for one epoch.
+    "lenet300_dc": dict(model="lenet300", start_from="lenet300", deep_compression="lenet300", rounds=4,
+                        epochs=3, lr=0.01, weight_decay=5e-4, batch_size=128, augment=False),
+    "lenet5_dc": dict(model="lenet5", start_from="lenet5", deep_compression="lenet5", rounds=3, epochs=2,
+                      lr=0.01, batch_size=128, augment=False),
+    # Tucker-2 (notebook 08): every conv but the first as 1x1 -> 3x3 core -> 1x1 at half its
+    # channels as ranks (2.5x fewer FLOPs), initialized from the trained cifar_cnn's HOOI
+    # factors, then fine-tuned on the full training set.
+    "cifar_cnn_tucker": dict(model="cifar_cnn", start_from="cifar_cnn", tucker=0.5, epochs=6, lr=0.02,
+                             schedule="cosine", batch_size=256, weight_decay=5e-4, label_smoothing=0.1,
+                             augment=True),
     # Hinton et al.'s (2015) MNIST teacher (notebook 07): 784-1200-1200-10 with dropout 0.5,
     # trained on inputs jittered by up to 2 pixels in every direction (augment=True on MNIST is
     # exactly that: a random crop after 2-pixel zero padding, no flips). Stored in float16 (4.8 MB,
-    # same accuracy) to keep the repository small. 2.3 min on 2 CPU cores
-    # for 98.59% (141 test errors; Hinton et al.'s teacher made 67, trained far longer).
-    "mlp1200": dict(epochs=12, lr=0.1, batch_size=128, weight_decay=5e-4, augment=True,
+    # same accuracy) to keep the repository small. 6 min on 2 CPU cores for 98.97%
+    # (103 test errors; Hinton et al.'s teacher made 67, trained far longer).
+    "mlp1200": dict(epochs=30, lr=0.1, batch_size=128, weight_decay=5e-4, augment=True,
                     store="float16"),
+    # Their student, 784-800-800-10 with no regularization at all (no dropout, no jitter, no
+    # weight decay): alone, then "regularized solely by ... matching the soft targets produced
+    # by the large net at a temperature of 20" (notebook 07), and distilled on a transfer set
+    # with every 3 removed (drop_class=3).
+    "mlp800": dict(epochs=EPOCHS_800, lr=0.1, batch_size=128, weight_decay=0.0, augment=False,
+                   store="float16"),
+    "mlp800_kd": dict(model="mlp800", teacher="mlp1200", T=20, alpha=0.9, epochs=EPOCHS_800, lr=0.1,
+                      batch_size=128, weight_decay=0.0, augment=False, store="float16"),
+    "mlp800_kd_no3": dict(model="mlp800", teacher="mlp1200", T=20, alpha=0.9, drop_class=3,
+                          epochs=EPOCHS_800, lr=0.1, batch_size=128, weight_decay=0.0, augment=False,
+                          store="float16"),
 }
-# Test accuracy (%) each checkpoint must reach (a test checks it). The pruned CNN may lose at
-# most 1.5 points against cifar_cnn (issue 4's goal). The L1 penalty costs the slim CNN about
-# 2 points in 20 epochs (86.3% measured; Liu et al. lose none, but train 160 epochs).
+# Test accuracy (%) each checkpoint must reach (a test checks it). The pruned and the Tucker-2
+# CNN may lose at most 1.5 points against cifar_cnn (the goals of issues 4 and 6), the combined
+# pipeline's at most 2 and the Deep Compression LeNets at most 0.1 (issue 7). The L1 penalty
+# costs the slim CNN about 2 points in 20 epochs (86.3% measured; Liu et al. lose none, but
+# train 160 epochs). The MNIST students: floors a little under what they reached.
 TARGETS = {"lenet300": 98.2, "lenet5": 99.1, "cifar_cnn": 88.0, "cifar_cnn_slim": 86.0,
-           "cifar_cnn_pruned": 86.8, "mlp1200": 98.5}
+           "cifar_cnn_pruned": 86.8, "cifar_cnn_tucker": 86.8, "cifar_cnn_pruned_kd": 86.3, "mlp1200": 98.8, "mlp800": 98.5,
+           "mlp800_kd": 98.7, "mlp800_kd_no3": 98.0, "lenet300_dc": 98.34, "lenet5_dc": 99.18}
 
 
 def check_checkpoint_name(name: str) -> str:
@@ -103,6 +139,17 @@ def load_state_dict(path: Path, expected_sha256: str) -> dict[str, torch.Tensor]
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def build_architecture(name: str, options: dict) -> nn.Module:
+    """An untrained model of the right shape for a checkpoint: ``build_model`` with the
+    manifest's options, then Tucker-2 chains in place of the convs listed in ``tucker_ranks``."""
+    options = dict(options)
+    ranks = options.pop("tucker_ranks", None)
+    model = build_model(architecture(name), **options)
+    if ranks:
+        model = tucker2_factorize(model, ranks={n: tuple(r) for n, r in ranks.items()}, inplace=True)
+    return model
+
+
 def load_pretrained(name: str, device: str | torch.device | None = None,
                     directory: Path = CHECKPOINT_DIR) -> nn.Module:
     """A checkpoint with its trained weights, in eval mode, on ``device`` (default: best available).
@@ -115,16 +162,9 @@ def load_pretrained(name: str, device: str | torch.device | None = None,
     if entry is None:
         raise KeyError(f"The manifest in {directory} has no entry for {name!r}: "
                        f"retrain it with `python -m compresslab checkpoints retrain {name}`.")
-    model = build_model(architecture(name), **entry.get("options", {}))
+    model = build_architecture(name, entry.get("options", {}))
     model.load_state_dict(load_state_dict(Path(directory) / entry["file"], entry["sha256"]))
     return model.to(get_device(device)).eval()
-
-
-def bf16_is_fast(device: torch.device) -> bool:
-    """bfloat16 autocast pays off on GPUs and on CPUs with native bf16 (AVX-512 BF16 / AMX)."""
-    if device.type == "cuda":
-        return True
-    return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def train_checkpoint(name: str, seed: int = 0, device=None, progress: bool = True,
@@ -133,22 +173,41 @@ def train_checkpoint(name: str, seed: int = 0, device=None, progress: bool = Tru
 
     Plain recipes train from scratch; ``bn_l1`` adds network slimming's penalty to the loss;
     ``start_from`` + ``prune_filters`` prune a trained checkpoint (read from ``directory``)
-    and fine-tune it.
+    and fine-tune it; ``teacher`` (+ ``T``, ``alpha``) distils from a trained checkpoint, on a
+    transfer set without the class ``drop_class`` if given.
     """
     recipe = dict(RECIPES[check_checkpoint_name(name)])
     recipe.pop("model", None)
     recipe.pop("store", None)  # how the file is written, not how the model is trained
     device = get_device(device)
     ds = load_dataset(dataset_of(name))
-    train = ds.loader("train", recipe.pop("batch_size"), augment=recipe.pop("augment"), seed=seed)
+    batch_size, augment = recipe.pop("batch_size"), recipe.pop("augment")
+    if "drop_class" in recipe:
+        train = transfer_set_without(ds, recipe.pop("drop_class"), batch_size, augment, seed)
+    else:
+        train = ds.loader("train", batch_size, augment=augment, seed=seed)
     test = ds.loader("test", 1000)
     if "start_from" in recipe:
         base = load_pretrained(recipe.pop("start_from"), "cpu", directory)
-        amount = recipe.pop("prune_filters")
+        amount = recipe.pop("prune_filters", 0)
         convs = [n for n, m in base.named_children() if isinstance(m, nn.Conv2d)]
-        model = prune_filters(base, dict.fromkeys(convs, amount), tuple(ds.x_test.shape[1:]))
+        model = prune_filters(base, dict.fromkeys(convs, amount), tuple(ds.x_test.shape[1:])) if amount else base
+        if "tucker" in recipe:  # ranks = that fraction of each conv's channels (not the first conv)
+            keep = recipe.pop("tucker")
+            ranks = {n: (max(1, round(keep * getattr(model, n).out_channels)), max(1, round(keep * getattr(model, n).in_channels)))
+                     for n in default_convs(model)}
+            model = tucker2_factorize(model, ranks=ranks, n_iter=2)
     else:
         model = build_model(architecture(name), seed=seed)
+    if "deep_compression" in recipe:  # its own two stages instead of one fit
+        han = HAN[recipe.pop("deep_compression")]
+        prune_and_retrain(model, train, han["amounts"], recipe.pop("rounds"), recipe.pop("epochs"),
+                          recipe.pop("lr"), recipe.pop("weight_decay", 0.0), device=device, seed=seed)
+        share_weights(model, train, han["bits"], device=device, seed=seed)
+        return model.to(device), []
+    if "teacher" in recipe:
+        teacher = load_pretrained(recipe.pop("teacher"), "cpu", directory)
+        recipe["loss_fn"] = distillation_loss_fn(teacher, recipe.pop("T"), recipe.pop("alpha"))
     if "bn_l1" in recipe:
         lam, criterion = recipe.pop("bn_l1"), nn.CrossEntropyLoss(label_smoothing=recipe.pop("label_smoothing"))
         recipe["loss_fn"] = lambda m, x, y: criterion(m(x), y) + lam * bn_l1_penalty(m)
@@ -172,8 +231,9 @@ def retrain(names=None, out_dir: Path = CHECKPOINT_DIR, force: bool = False, see
     manifest = read_manifest(out_dir) if (out_dir / MANIFEST).exists() else {}
     for name in names:
         start = time.perf_counter()
-        # A derived checkpoint starts from its base in out_dir if that was (re)trained there.
-        source = out_dir if RECIPES[name].get("start_from") in manifest else CHECKPOINT_DIR
+        # A derived checkpoint starts from (or learns from) its base in out_dir if that was (re)trained there.
+        base = RECIPES[name].get("start_from") or RECIPES[name].get("teacher")
+        source = out_dir if base in manifest else CHECKPOINT_DIR
         model, history = train_checkpoint(name, seed, device, progress, source)
         seconds = time.perf_counter() - start
         model.to("cpu")
@@ -219,11 +279,16 @@ def stored_state(model: nn.Module, store: str) -> dict | None:
 
 def model_options(model: nn.Module, name: str) -> dict:
     """What ``build_model`` needs besides the name to rebuild this model (a pruned CNN's widths)."""
+    options = {}
     if architecture(name) == "cifar_cnn":
-        widths = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+        blocks = {n: m for n, m in model.named_children() if isinstance(m, nn.Sequential)}  # Tucker-2 chains
+        if blocks:
+            options["tucker_ranks"] = {n: [b.core.out_channels, b.core.in_channels] for n, b in blocks.items()}
+        widths = [b.last.out_channels if isinstance(b, nn.Sequential) else b.out_channels
+                  for n, b in model.named_children() if n.startswith("conv")]
         if widths != [64, 64, 128, 128, 256, 256]:
-            return {"widths": widths}
-    return {}
+            options["widths"] = widths
+    return options
 
 
 def write_readme(out_dir: Path, manifest: dict) -> None:
@@ -244,7 +309,11 @@ def write_readme(out_dir: Path, manifest: dict) -> None:
               "otherwise; bfloat16 autocast where the hardware runs it natively, see `bf16_autocast` in",
               "the manifest). `bn_l1`: network slimming's penalty, bn_l1 * sum |gamma| added to the loss;",
               "`start_from` + `prune_filters`: that fraction of every conv's filters (smallest L1 norm) removed",
-              "from the trained checkpoint, which is then fine-tuned:", ""]
+              "from the trained checkpoint, which is then fine-tuned; `tucker`: every conv but the first",
+              "Tucker-2-factorized at that fraction of its channels as ranks, then fine-tuned; `teacher` (+ `T`,",
+              "`alpha`): trained with the distillation loss from that checkpoint, without class `drop_class` if",
+              "given; `deep_compression`: Han et al.'s pruning in `rounds` rounds of `epochs` epochs, then k-means",
+              "weight sharing (compresslab/deep_compression.py):", ""]
     for name, e in manifest.items():
         lines.append(f"- `{name}`: {json.dumps(e['recipe'])}")
     (out_dir / "README.md").write_text("\n".join(lines) + "\n")

@@ -269,3 +269,62 @@ def test_the_zoo_has_a_recipe_for_the_jittered_teacher():
     assert recipe["augment"] is True  # MNIST + augment = +-2-pixel shifts, no flips
     assert zoo.architecture("mlp1200") == "mlp1200" and zoo.dataset_of("mlp1200") == "mnist"
     assert 98.5 <= zoo.TARGETS["mlp1200"] <= 99.3
+
+
+def test_the_zoo_students_learn_from_the_teacher():
+    assert zoo.architecture("mlp800_kd") == "mlp800" and zoo.RECIPES["mlp800_kd"]["teacher"] == "mlp1200"
+    assert zoo.RECIPES["mlp800_kd_no3"]["drop_class"] == 3
+    alone, distilled = zoo.RECIPES["mlp800"], zoo.RECIPES["mlp800_kd"]
+    shared = ("epochs", "lr", "batch_size", "weight_decay", "augment")
+    assert all(alone[k] == distilled[k] for k in shared), "scratch and distilled differ only in the loss"
+    assert alone["weight_decay"] == 0 and alone["augment"] is False  # "no regularization"
+
+# ---------------------------------------------------------------- a teacher computed once
+
+
+def tiny_cifar(n=24, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return Dataset("cifar10", torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g),
+                   torch.arange(n) % 10, torch.zeros(2, 3, 32, 32, dtype=torch.uint8), torch.zeros(2, dtype=torch.long))
+
+
+def test_cached_teacher_serves_what_the_teacher_says_on_the_same_images():
+    ds = tiny_cifar()
+    torch.manual_seed(0)
+    teacher = small_cnn(8).eval()
+    cache = kd.CachedTeacher(teacher, ds, epochs=2, hint_layer="relu1", batch_size=10, device="cpu")
+    assert len(cache.images) == 2 and not torch.equal(cache.images[0], cache.images[1])  # fresh crops per epoch
+    loader = cache.loader(batch_size=8, seed=0)
+    seen = 0
+    for epoch in range(3):  # the third epoch reuses the first copy
+        for x, y in loader:
+            logits, feats = cache.batch_outputs(x)
+            with torch.no_grad(), kd.feature_hooks(teacher, ["relu1"]) as f:
+                expected = teacher(x)
+            # stored in float16 (computed under bf16 autocast where the CPU has it): close, not equal
+            torch.testing.assert_close(logits, expected, atol=0.05, rtol=0.05)
+            torch.testing.assert_close(feats, f["relu1"], atol=0.05, rtol=0.05)
+            seen += len(y)
+    assert seen == 3 * len(ds.y_train) and len(loader) == 3
+    with pytest.raises(RuntimeError, match="No batch yet"):
+        cache.batch_outputs(torch.zeros(1))
+
+
+def test_training_on_a_cached_teacher_equals_training_on_its_outputs():
+    """One step of fit with the cached teacher is the step kd_loss + hint_loss prescribe."""
+    ds = tiny_cifar(8)
+    torch.manual_seed(0)
+    teacher = small_cnn(8).eval()
+    cache = kd.CachedTeacher(teacher, ds, epochs=1, hint_layer="relu1", device="cpu")
+    student = kd.with_hint_projection(small_cnn(4), teacher, "relu1", "relu1", torch.randn(2, 3, 32, 32))
+    loss_fn = kd.distillation_loss_fn(cache, T=4, alpha=0.5, hint=("relu1", "relu1"), beta=2.0)
+    x, y = next(iter(cache.loader(batch_size=8)))  # the loader hands this batch's outputs to the cache
+    logits, feats = cache.batch_outputs(x)
+    with kd.feature_hooks(student.student, ["relu1"]) as fs:
+        z = student(x)
+    expected = kd.kd_loss(z, logits, y, 4, 0.5) + 2.0 * kd.hint_loss(student.projection(fs["relu1"]), feats)
+    torch.testing.assert_close(loss_fn(student, x, y), expected)
+    with pytest.raises(ValueError, match="holds the features of layer 'relu1', not 'bn1'"):
+        kd.distillation_loss_fn(cache, hint=("relu1", "bn1"))
+    with pytest.raises(ValueError, match="epochs must be at least 1"):
+        kd.CachedTeacher(teacher, ds, epochs=0)

@@ -439,3 +439,20 @@ def test_int8_path_names_the_unsupported_layer_and_needs_batches(tmp_path):
         deploy.export_onnx(model, tmp_path / "m.onnx", (4,))
     with pytest.raises(ValueError, match="zero batches"):
         deploy.quantize_onnx_int8(tmp_path / "m.onnx", tmp_path / "q.onnx", [])
+
+
+def test_kmeans_keep_zeros_shares_only_the_surviving_weights():
+    torch.manual_seed(0)
+    w = torch.randn(6, 8)
+    w[w.abs() < 0.8] = 0  # a pruned layer
+    fc = nn.Linear(8, 6)
+    with torch.no_grad():
+        fc.weight.copy_(w)
+    Q.quantize_model(nn.Sequential(fc), 2, scheme="kmeans", keep_zeros=True)
+    q = fc.parametrizations.weight[0]
+    shared = fc.weight.detach()
+    assert torch.equal(shared == 0, w == 0), "pruned weights stay exactly zero, survivors never become zero"
+    assert set(shared[w != 0].unique().tolist()) <= set(q.centroids.detach().tolist())
+    assert q.storage_bits(w) == (int((w != 0).sum()) * 2, 4 * 32)
+    with pytest.raises(ValueError, match="nothing to cluster"):
+        Q.KMeansQuantizer(torch.zeros(3, 3), 2, keep_zeros=True)

@@ -81,3 +81,29 @@ def test_float16_storage_rounds_weights_and_loads_into_float32(tmp_path):
     torch.testing.assert_close(fresh.fc1.weight, model.fc1.weight.half().float())
     with pytest.raises(ValueError, match="Unknown store"):
         zoo.stored_state(model, "int8")
+
+
+@pytest.mark.parametrize("prune_first", [False, True])
+def test_model_options_rebuild_factorized_and_pruned_models(prune_first):
+    """What the manifest records (widths, Tucker-2 ranks) rebuilds a model of the same shapes."""
+    from compresslab.factorization import tucker2_factorize
+    from compresslab.models import build_model
+    from compresslab.structured import prune_filters
+    model = build_model("cifar_cnn", seed=0)
+    if prune_first:
+        model = prune_filters(model, {"conv2": 0.5, "conv5": 0.25}, (3, 32, 32))
+    model = tucker2_factorize(model, ranks={"conv3": (16, 8), "conv6": 32})
+    options = zoo.model_options(model, "cifar_cnn_tucker")
+    assert options["tucker_ranks"] == {"conv3": [16, 8], "conv6": [32, 32]}
+    assert ("widths" in options) == prune_first
+    rebuilt = zoo.build_architecture("cifar_cnn_tucker", options)
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+
+
+def test_derived_checkpoints_record_their_architecture():
+    from compresslab.metrics import flops
+    manifest = zoo.read_manifest()
+    assert set(manifest["cifar_cnn_tucker"]["options"]["tucker_ranks"]) == {"conv2", "conv3", "conv4", "conv5", "conv6"}
+    base, tucker = zoo.load_pretrained("cifar_cnn", "cpu"), zoo.load_pretrained("cifar_cnn_tucker", "cpu")
+    assert flops(base, (3, 32, 32)) / flops(tucker, (3, 32, 32)) > 2  # issue 6: at least 2x fewer FLOPs
+    assert zoo.RECIPES["cifar_cnn_pruned_kd"]["teacher"] == "cifar_cnn"
