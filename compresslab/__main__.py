@@ -108,7 +108,8 @@ def main(argv=None) -> int:
     c.set_defaults(run=cmd_checkpoints)
 
     x = sub.add_parser("experiments", help="run an experiment too long for a notebook; writes data/results/")
-    x.add_argument("name", choices=["kd-cifar"], help="kd-cifar: notebook 07's CIFAR-10 students, 4 losses x 3 seeds (~20 min)")
+    from .experiments import EXPERIMENTS
+    x.add_argument("name", choices=list(EXPERIMENTS), help="kd-cifar: notebook 07's CIFAR-10 students, 4 losses x 3 seeds (~20 min)")
     x.add_argument("--out", type=Path, default=None, help="output folder (default: data/results)")
     x.add_argument("--force", action="store_true", help="replace existing results")
     x.add_argument("--device", default=None, help="cpu, cuda or mps (default: best available)")

@@ -37,13 +37,13 @@ KD_VARIANTS = {  # variant -> (alpha, use the hint)
     "feature KD": (0.0, True),            # FitNets: labels + hint on the last conv features
     "logit + feature KD": (0.9, True),
 }
-EXPERIMENTS = {"kd-cifar": "kd_cifar"}
 
 
 def results_path(name: str, directory: Path = RESULTS_DIR) -> Path:
+    """``data/results/kd_cifar.csv`` for the experiment ``kd-cifar``."""
     if name not in EXPERIMENTS:
         raise ValueError(f"Unknown experiment {name!r}: choose one of {list(EXPERIMENTS)}.")
-    return Path(directory) / f"{EXPERIMENTS[name]}.csv"
+    return Path(directory) / f"{name.replace('-', '_')}.csv"
 
 
 def kd_cifar(device=None, progress: bool = True) -> tuple[pd.DataFrame, dict]:
@@ -81,7 +81,8 @@ def kd_cifar(device=None, progress: bool = True) -> tuple[pd.DataFrame, dict]:
     return pd.concat(rows, ignore_index=True), info
 
 
-RUNNERS = {"kd-cifar": kd_cifar}
+# name -> (the function that runs it, the settings its results must have been computed with)
+EXPERIMENTS = {"kd-cifar": (kd_cifar, KD_CIFAR)}
 
 
 def run(name: str, directory: Path = RESULTS_DIR, force: bool = False, device=None, progress: bool = True) -> Path:
@@ -89,7 +90,7 @@ def run(name: str, directory: Path = RESULTS_DIR, force: bool = False, device=No
     path = results_path(name, directory)
     if path.exists() and not force:
         raise FileExistsError(f"{path} exists; pass --force to recompute it or --out DIR to write elsewhere.")
-    table, info = RUNNERS[name](device, progress)
+    table, info = EXPERIMENTS[name][0](device, progress)
     path.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(path.with_suffix(".tmp"), index=False, float_format="%.4f")
     path.with_suffix(".tmp").replace(path)
@@ -105,7 +106,7 @@ def load_results(name: str, directory: Path = RESULTS_DIR) -> tuple[pd.DataFrame
     if not path.exists() or not path.with_suffix(".json").exists():
         raise FileNotFoundError(f"No results in {path}: compute them with `{command}`.")
     info = json.loads(path.with_suffix(".json").read_text())
-    expected = {"kd-cifar": KD_CIFAR}[name]
+    expected = EXPERIMENTS[name][1]
     if info["settings"] != expected:
         raise ValueError(f"{path} was computed with other settings ({info['settings']}) than "
                          f"compresslab.experiments now has ({expected}): rerun `{command}`.")

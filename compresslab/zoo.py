@@ -189,9 +189,10 @@ def train_checkpoint(name: str, seed: int = 0, device=None, progress: bool = Tru
     test = ds.loader("test", 1000)
     if "start_from" in recipe:
         base = load_pretrained(recipe.pop("start_from"), "cpu", directory)
-        amount = recipe.pop("prune_filters", 0)
-        convs = [n for n, m in base.named_children() if isinstance(m, nn.Conv2d)]
-        model = prune_filters(base, dict.fromkeys(convs, amount), tuple(ds.x_test.shape[1:])) if amount else base
+        model = base
+        if "prune_filters" in recipe:
+            convs = [n for n, m in base.named_children() if isinstance(m, nn.Conv2d)]
+            model = prune_filters(base, dict.fromkeys(convs, recipe.pop("prune_filters")), tuple(ds.x_test.shape[1:]))
         if "tucker" in recipe:  # ranks = that fraction of each conv's channels (not the first conv)
             keep = recipe.pop("tucker")
             ranks = {n: (max(1, round(keep * getattr(model, n).out_channels)), max(1, round(keep * getattr(model, n).in_channels)))
