@@ -13,8 +13,11 @@ endif
 
 .PHONY: setup lab test bench exercises retrain
 
+# pip is asked offline first (a lab machine without internet, or a second run: everything is
+# installed already, nothing is fetched), and goes to the package index only if that fails.
 setup:
 	@test -x $(PYTHON) || command -v $(PYTHON) >/dev/null || python3 -m venv --system-site-packages .venv
+	@$(PYTHON) -m pip install --quiet --no-index --no-build-isolation -e ".[dev]" 2>/dev/null || \
 	$(PYTHON) -m pip install --quiet -e ".[dev]"
 
 lab: setup

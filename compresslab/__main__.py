@@ -1,5 +1,6 @@
 """The workbook's command line: ``python -m compresslab <command> ...``.
 
+    python -m compresslab doctor                       # will the workbook run here? every problem with its fix
     python -m compresslab datasets                     # load (download once) and describe both datasets
     python -m compresslab datasets --import FILE.npz   # install an .npz handed out by an instructor
     python -m compresslab checkpoints verify           # checksums + test accuracy of the zoo
@@ -15,6 +16,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+
+
+def cmd_doctor(args) -> int:
+    from . import doctor
+
+    return doctor.main()
 
 
 def cmd_datasets(args) -> int:
@@ -89,6 +96,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m compresslab", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("doctor", help="check this machine before a lab: versions, data, checkpoints; "
+                   "every problem with its fix").set_defaults(run=cmd_doctor)
 
     d = sub.add_parser("datasets", help="prepare and describe the dataset caches")
     d.add_argument("--import", dest="import_file", type=Path, help="an .npz to copy into data/")

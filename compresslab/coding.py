@@ -26,6 +26,7 @@ smallest.
 from __future__ import annotations
 
 import heapq
+import numbers
 from collections import Counter
 from typing import Hashable, Sequence
 
@@ -113,8 +114,8 @@ def relative_indices(mask: torch.Tensor, index_bits: int) -> np.ndarray:
     (Han et al.'s Figure 3 stores a filler as a real entry with the value zero, which costs
     a codebook index too; the symbol 0 does the same job for free.)
     """
-    if not 1 <= index_bits <= 16:
-        raise ValueError(f"index_bits must be between 1 and 16, got {index_bits}.")
+    if isinstance(index_bits, bool) or not isinstance(index_bits, numbers.Integral) or not 1 <= index_bits <= 16:
+        raise ValueError(f"index_bits must be an integer between 1 and 16, got {index_bits!r}.")
     positions = torch.nonzero(mask.flatten()).flatten().numpy()
     gaps = np.diff(positions, prepend=-1)
     longest = 2 ** index_bits - 1

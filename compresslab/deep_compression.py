@@ -78,6 +78,7 @@ def layer_storage(weight: torch.Tensor, bias: torch.Tensor | None, bits: int, in
                  codebook of 32-bit values;
     * huffman:   both streams Huffman-coded, code tables counted, plus the codebook.
     """
+    bits = Q.check_bits(bits, minimum=1)
     w = weight.detach().cpu().flatten()
     n_bias = 0 if bias is None else bias.numel()
     bias_bytes = bias_bits / 8 * n_bias  # shared stages; the dense and pruned ones keep float32
@@ -89,12 +90,13 @@ def layer_storage(weight: torch.Tensor, bias: torch.Tensor | None, bits: int, in
                          f"{bits}-bit codebook holds ({2 ** bits}): share weights first (k-means).")
     idx = torch.searchsorted(codebook, values).tolist()  # each weight's codebook entry
     n, nnz = len(gaps), len(values)
+    coded_bits = (huffman_bits(gaps.tolist()) if n else 0) + (huffman_bits(idx) if idx else 0)  # none: an all-zero layer
     return {
         "weights": w.numel(), "nonzero": nnz, "fillers": n - nnz,
         "dense": 4 * (w.numel() + n_bias),
         "pruned": (n * index_bits + nnz * 32) / 8 + 4 * n_bias,
         "quantized": (n * index_bits + nnz * bits + 32 * len(codebook)) / 8 + bias_bytes,
-        "huffman": (huffman_bits(gaps.tolist()) + (huffman_bits(idx) if idx else 0) + 32 * len(codebook)) / 8 + bias_bytes,
+        "huffman": (coded_bits + 32 * len(codebook)) / 8 + bias_bytes,
     }
 
 

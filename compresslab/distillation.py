@@ -47,14 +47,19 @@ from .data import random_crop_flip
 from .train import autocast, bf16_is_fast, get_device, model_device, predict
 
 FEATURE_LOSSES = ("mse", "cosine")
+# The temperatures accepted: far below 0.01, z / T overflows float32; above 100, the float32
+# rounding error of the KL term, times T^2, rivals the KD loss itself (and from T ~ 1e19 it is NaN).
+# Hinton et al. use T between 2 and 20.
+TEMPERATURES = (0.01, 100.0)
 
 # ---------------------------------------------------------------- checks
 
 
 def check_temperature(T: float) -> float:
-    if not isinstance(T, numbers.Real) or isinstance(T, bool) or not math.isfinite(T) or T <= 0:
-        raise ValueError(f"The temperature T must be a positive number, got {T!r} "
-                         "(T = 1 is the ordinary softmax; Hinton et al. use T between 2 and 20).")
+    low, high = TEMPERATURES
+    if not isinstance(T, numbers.Real) or isinstance(T, bool) or not low <= T <= high:
+        raise ValueError(f"The temperature T must be a positive number between {low:g} and {high:g}, "
+                         f"got {T!r} (T = 1 is the ordinary softmax; Hinton et al. use T between 2 and 20).")
     return float(T)
 
 
@@ -71,6 +76,21 @@ def check_same_classes(student_logits: torch.Tensor, teacher_logits: torch.Tenso
         raise ValueError(f"The student has {s} outputs (classes) but the teacher has {t}: "
                          "distillation compares the two distributions class by class, so both "
                          "models must predict the same classes.")
+
+
+def check_batch(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor) -> None:
+    """Logits of shape (N, C), the same for both models, N >= 1; labels: N class indices in [0, C)."""
+    check_same_classes(student_logits, teacher_logits)
+    if student_logits.dim() != 2 or student_logits.shape != teacher_logits.shape or len(student_logits) == 0:
+        raise ValueError(f"kd_loss needs student and teacher logits of one shape (batch, classes) with at "
+                         f"least one sample, got {tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}.")
+    n, c = student_logits.shape
+    if labels.shape != (n,) or labels.is_floating_point() or labels.dtype == torch.bool:
+        raise ValueError(f"labels must be {n} integer class indices, shape ({n},), got shape "
+                         f"{tuple(labels.shape)} and dtype {labels.dtype}.")
+    if ((labels < 0) | (labels >= c)).any():
+        raise ValueError(f"labels must be class indices in [0, {c - 1}], got values from "
+                         f"{int(labels.min())} to {int(labels.max())}.")
 
 # ---------------------------------------------------------------- 1. soft targets and the KD loss
 
@@ -89,7 +109,7 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
     cross-entropy; alpha = 1 learns from the teacher alone (no labels needed).
     """
     T, alpha = check_temperature(T), check_alpha(alpha)
-    check_same_classes(student_logits, teacher_logits)
+    check_batch(student_logits, teacher_logits, labels)
     s, t = student_logits.float(), teacher_logits.detach().float()  # float32 even under autocast
     soft = F.kl_div(F.log_softmax(s / T, dim=-1), F.log_softmax(t / T, dim=-1),
                     reduction="batchmean", log_target=True)
@@ -229,8 +249,8 @@ def distillation_loss_fn(teacher, T: float = 4.0, alpha: float = 0.9, *,
     T, alpha = check_temperature(T), check_alpha(alpha)
     if feature_loss not in FEATURE_LOSSES:
         raise ValueError(f"Unknown feature loss {feature_loss!r}: use one of {FEATURE_LOSSES}.")
-    if not (isinstance(beta, numbers.Real) and beta >= 0):
-        raise ValueError(f"beta (the weight of the feature loss) must be >= 0, got {beta!r}.")
+    if not (isinstance(beta, numbers.Real) and 0 <= beta < math.inf):
+        raise ValueError(f"beta (the weight of the feature loss) must be a finite number >= 0, got {beta!r}.")
     if hint is not None and (len(hint) != 2 or not all(isinstance(n, str) for n in hint)):
         raise ValueError(f"hint must be a pair of layer names (student_layer, teacher_layer), got {hint!r}.")
     if isinstance(teacher, CachedTeacher) and hint and hint[1] != teacher.hint_layer:

@@ -36,6 +36,7 @@ def strip_solutions(source: str) -> str:
 def student_copy(nb_path: Path) -> str:
     """The student version of a notebook as JSON text (solutions out, outputs cleared)."""
     nb = nbformat.read(nb_path, as_version=4)
+    nb.metadata.pop("widgets", None)  # the sliders' saved state belongs to the cleared outputs
     for cell in nb.cells:
         if cell.cell_type == "code":
             cell.source = strip_solutions(cell.source)

@@ -48,6 +48,8 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from .quantization import check_finite
+
 # ---------------------------------------------------------------- checks and shared helpers
 
 
@@ -61,6 +63,14 @@ def check_rank(rank, limit: int, name: str, what: str) -> int:
     return int(rank)
 
 
+def check_ranks_pair(ranks, name: str = "kernel") -> tuple:
+    """Tucker-2 ranks come as a pair (R_out, R_in)."""
+    if isinstance(ranks, (str, bytes)) or not hasattr(ranks, "__len__") or len(ranks) != 2:
+        raise ValueError(f"The Tucker-2 ranks of layer {name!r} must be a pair (R_out, R_in) or one "
+                         f"integer for both, got {ranks!r}.")
+    return tuple(ranks)
+
+
 def check_keep(keep) -> float:
     if isinstance(keep, bool) or not isinstance(keep, numbers.Real) or not 0 < keep <= 1:
         raise ValueError(f"The kept energy must be a fraction in (0, 1], got {keep!r} "
@@ -70,6 +80,7 @@ def check_keep(keep) -> float:
 
 def as_float64(t: torch.Tensor) -> torch.Tensor:
     """A detached float64 CPU copy: SVDs in double precision, on any device (MPS has no float64)."""
+    check_finite(t, "weight")
     return t.detach().to("cpu", torch.float64)
 
 
@@ -116,13 +127,16 @@ def singular_values(weight: torch.Tensor | nn.Module) -> torch.Tensor:
     """s_1 >= s_2 >= ... of a weight matrix (float64, CPU); a conv kernel is read as the
     (C_out, C_in k k) matrix of its filters, a layer as its weight."""
     w = weight.weight if isinstance(weight, nn.Module) else weight
+    if w.dim() < 2:
+        raise ValueError(f"Singular values need a matrix (out, in) or a conv kernel, got shape {tuple(w.shape)}.")
     return torch.linalg.svdvals(as_float64(w).reshape(w.shape[0], -1))
 
 
 def cumulative_energy(s: torch.Tensor) -> torch.Tensor:
-    """Fraction of the energy kept by ranks 1, 2, ...: sum_{i <= r} s_i^2 / sum_i s_i^2."""
+    """Fraction of the energy kept by ranks 1, 2, ...: sum_{i <= r} s_i^2 / sum_i s_i^2
+    (all 1 for an all-zero matrix, as in ``rank_for_energy``: any rank keeps all of nothing)."""
     e = s.double().pow(2)
-    return e.cumsum(0) / e.sum()
+    return e.cumsum(0) / e.sum() if e.sum() > 0 else torch.ones_like(e)
 
 
 def rank_for_energy(s: torch.Tensor, keep: float) -> int:
@@ -214,8 +228,13 @@ def tucker2(weight: torch.Tensor, ranks: tuple[int, int], n_iter: int = 0):
     (``n_iter`` > 0): each round recomputes U_out from W x_1 U_in^T, then U_in from
     W x_0 U_out^T, which never increases the error. float64, on the CPU.
     """
+    if weight.dim() != 4:
+        raise ValueError(f"Tucker-2 needs a conv kernel (C_out, C_in, kh, kw), got shape {tuple(weight.shape)}; "
+                         "use svd_linear for a matrix.")
     w = as_float64(weight)
-    r_out, r_in = ranks
+    r_out, r_in = check_ranks_pair(ranks)
+    r_out = check_rank(r_out, w.shape[0], "kernel", "its output channels, C_out")
+    r_in = check_rank(r_in, w.shape[1], "kernel", "its input channels, C_in")
     u_out = leading_left_singular_vectors(unfold(w, 0), r_out)
     u_in = leading_left_singular_vectors(unfold(w, 1), r_in)
     for _ in range(n_iter):
@@ -256,7 +275,7 @@ def tucker2_conv(conv: nn.Conv2d, ranks, n_iter: int = 0, name: str = "layer") -
     dilation, and the last 1x1 carries the original bias. At full ranks it is exact.
     """
     check_conv(conv, name, "Tucker-2")
-    r_out, r_in = (ranks, ranks) if isinstance(ranks, numbers.Integral) else ranks
+    r_out, r_in = (ranks, ranks) if isinstance(ranks, numbers.Integral) else check_ranks_pair(ranks, name)
     r_out = check_rank(r_out, conv.out_channels, name, "its output channels, C_out")
     r_in = check_rank(r_in, conv.in_channels, name, "its input channels, C_in")
     core, (u_out, u_in) = tucker2(conv.weight, (r_out, r_in), n_iter)

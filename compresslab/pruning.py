@@ -17,6 +17,8 @@ schedule of Zhu & Gupta (2017), s_t = s_f + (s_i - s_f) (1 - (t - t0) / (n Δt))
 """
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Callable, Iterable
 
 import torch
@@ -33,8 +35,16 @@ def magnitude_scores(w: torch.Tensor) -> torch.Tensor:
     return w.abs()
 
 
+def check_norm_p(p) -> float:
+    """The p of an L_p norm: a positive number, or inf for the max norm (p <= 0 is no norm)."""
+    if isinstance(p, bool) or not isinstance(p, numbers.Real) or math.isnan(p) or p <= 0:
+        raise ValueError(f"p must be a positive number (1, 2, ... or float('inf')), got {p!r}.")
+    return p
+
+
 def norm_scores(w: torch.Tensor, p: float = 1) -> torch.Tensor:
     """score = |w|^p. For single weights every p ranks alike; p matters for groups (filters)."""
+    p = check_norm_p(p)
     return w.abs() if p == float("inf") else w.abs().pow(p)
 
 
@@ -57,15 +67,16 @@ CRITERIA: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 def check_amount(amount: float | int, numel: int) -> int:
     """How many weights to prune. As in ``torch.nn.utils.prune``: a float is a fraction in
     [0, 1], an int is a count in [0, numel]."""
-    if isinstance(amount, bool) or not isinstance(amount, (int, float)):
+    if isinstance(amount, bool) or not isinstance(amount, numbers.Real):
         raise TypeError(f"amount must be a float fraction in [0, 1] or an int count, got {amount!r}.")
-    if isinstance(amount, int):
+    if isinstance(amount, numbers.Integral):
         if not 0 <= amount <= numel:
-            raise ValueError(f"Cannot prune {amount} weights out of {numel}: an int amount is a count.")
-        return amount
+            raise ValueError(f"Cannot prune {amount} weights out of {numel}: an int amount is a count "
+                             f"in [0, {numel}] (for a fraction pass a float, e.g. 0.5).")
+        return int(amount)
     if not 0.0 <= amount <= 1.0:
         raise ValueError(f"amount must be a fraction in [0, 1], got {amount}.")
-    return round(amount * numel)  # rounded as torch.nn.utils.prune does
+    return round(float(amount) * numel)  # rounded as torch.nn.utils.prune does
 
 
 def mask_lowest(scores: torch.Tensor, amount: float | int) -> torch.Tensor:
@@ -191,17 +202,16 @@ def iterative_steps(final: float, step: float) -> list[float]:
     """Sparsity targets of iterative pruning: step, 2*step, ... up to ``final``."""
     if not 0 < step <= final <= 1:
         raise ValueError(f"Need 0 < step <= final <= 1, got step={step}, final={final}.")
-    n = round(final / step)
-    targets = [round(step * i, 10) for i in range(1, n + 1)]
-    return targets if abs(targets[-1] - final) < 1e-9 else targets + [final]
+    n = math.floor(final / step + 1e-9)  # whole steps below final: never one past it
+    return [round(step * i, 10) for i in range(1, n + 1) if step * i < final - 1e-9] + [final]
 
 
 def geometric_steps(final: float, rounds: int) -> list[float]:
     """Sparsity targets that remove the same fraction of the *remaining* weights each round:
     s_r = 1 - (1 - final)^(r / rounds). Linear steps take ever larger bites of what is left
     (from 81 % to 97 % removes 84 % of the survivors at once); these do not."""
-    if not 0 <= final < 1 or rounds < 1:
-        raise ValueError(f"Need 0 <= final < 1 and rounds >= 1, got final={final}, rounds={rounds}.")
+    if not 0 <= final < 1 or not isinstance(rounds, numbers.Integral) or rounds < 1:
+        raise ValueError(f"Need 0 <= final < 1 and an integer rounds >= 1, got final={final}, rounds={rounds!r}.")
     return [1 - (1 - final) ** (r / rounds) for r in range(1, rounds + 1)]
 
 

@@ -38,6 +38,8 @@ speed needs int8 kernels: ``deploy.py`` exports to ONNX and quantizes for ONNX R
 from __future__ import annotations
 
 import copy
+import math
+import numbers
 import operator
 from dataclasses import dataclass
 from typing import Iterable
@@ -74,11 +76,32 @@ def check_bits(bits, minimum: int = 2) -> int:
 
 
 def check_finite(x: torch.Tensor, what: str = "tensor") -> None:
-    """NaN or inf would poison min / max and therefore every scale: refuse them."""
+    """NaN or inf would poison min / max and therefore every scale (or an SVD): refuse them."""
     if not torch.isfinite(x).all():
         n = int((~torch.isfinite(x)).sum())
-        raise ValueError(f"The {what} holds {n} NaN or inf value(s); quantization needs finite "
-                         "numbers. Find where they come from (a diverged training run?) first.")
+        raise ValueError(f"The {what} holds {n} NaN or inf value(s); quantization and factorization need "
+                         "finite numbers. Find where they come from (a diverged training run?) first.")
+
+
+def check_not_empty(x: torch.Tensor, what: str = "tensor") -> None:
+    """A range (min, max) or a codebook needs at least one number."""
+    if x.numel() == 0:
+        raise ValueError(f"The {what} is empty (shape {tuple(x.shape)}): there is nothing to quantize.")
+
+
+def check_percentile(percentile) -> float:
+    if isinstance(percentile, bool) or not isinstance(percentile, numbers.Real) or not 50 < percentile <= 100:
+        raise ValueError(f"percentile must be in (50, 100], got {percentile!r} (e.g. 99.99 clips "
+                         "the 0.01 % largest magnitudes).")
+    return float(percentile)
+
+
+def check_range(lo: torch.Tensor, hi: torch.Tensor) -> None:
+    """A real range [α, β] (or one per channel): finite ends and α <= β."""
+    check_finite(lo, "range's lower end")
+    check_finite(hi, "range's upper end")
+    if (lo > hi).any():
+        raise ValueError(f"The range [lo, hi] must have lo <= hi, got lo={lo.tolist()}, hi={hi.tolist()}.")
 
 
 def check_method(method: str) -> str:
@@ -143,8 +166,7 @@ def minmax_range(x: torch.Tensor, axis: int | None = None) -> tuple[torch.Tensor
 def percentile_range(x: torch.Tensor, percentile: float = 99.99, axis: int | None = None,
                      symmetric: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Clip the outliers: β = the p-th percentile (α the (100-p)-th); symmetric: ±p-th of |x|."""
-    if not 50 < percentile <= 100:
-        raise ValueError(f"percentile must be in (50, 100], got {percentile}.")
+    percentile = check_percentile(percentile)
     rows = as_rows(x, axis)
     rows = rows.abs() if symmetric else rows
     s = rows.sort(dim=1).values   # sort rather than torch.quantile: no size limit, any device
@@ -160,6 +182,8 @@ def mse_range(x: torch.Tensor, bits: int = 8, symmetric: bool = True, axis: int 
 
     A narrower range rounds more finely but clips more: this finds the balance, per channel.
     """
+    if isinstance(grid, bool) or not isinstance(grid, numbers.Integral) or grid < 1:
+        raise ValueError(f"grid must be an integer >= 1 (the number of clipping factors tried), got {grid!r}.")
     rows = as_rows(x, axis)
     lo, hi = rows.amin(1), rows.amax(1)
     best_err = torch.full_like(lo, float("inf"))
@@ -177,8 +201,10 @@ def qparams_from_range(lo: torch.Tensor, hi: torch.Tensor, bits: int = 8, symmet
                        axis: int | None = None) -> QParams:
     """S and Z of the range [α, β] (widened to hold 0), as in the module docstring."""
     qmin, qmax = qrange(bits, symmetric)
-    lo = torch.as_tensor(lo, dtype=torch.float32).clamp(max=0)
-    hi = torch.as_tensor(hi, dtype=torch.float32, device=lo.device).clamp(min=0)
+    lo = torch.as_tensor(lo, dtype=torch.float32)
+    hi = torch.as_tensor(hi, dtype=torch.float32, device=lo.device)
+    check_range(lo, hi)
+    lo, hi = lo.clamp(max=0), hi.clamp(min=0)
     if symmetric:
         scale = torch.maximum(-lo, hi) / qmax
     else:
@@ -197,6 +223,7 @@ def qparams(x: torch.Tensor, bits: int = 8, symmetric: bool = True, axis: int | 
     ``axis=0`` gives one (S, Z) per output channel of a weight."""
     bits, method = check_bits(bits), check_method(method)
     check_finite(x)
+    check_not_empty(x)
     if axis is not None and not -x.dim() <= axis < x.dim():
         raise ValueError(f"axis {axis} does not exist in a tensor of shape {tuple(x.shape)}.")
     axis = None if axis is None else axis % x.dim()
@@ -280,6 +307,8 @@ def ternarize(w: torch.Tensor, per_channel: bool = True, threshold: float = 0.7)
     """TWN (Li & Liu 2016): Δ = 0.7 mean |w|; w_t = α sign(w) where |w| > Δ, else 0, with
     α = the mean |w| over the entries kept. Per output channel by default (the paper: per layer)."""
     check_finite(w, "weight")
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0 <= threshold < math.inf:
+        raise ValueError(f"threshold must be a finite number >= 0 (TWN: 0.7), got {threshold!r}.")
     delta = threshold * channel_mean_abs(w, per_channel)
     keep = w.abs() > delta
     alpha = channel_mean_abs(w, per_channel, where=keep)
@@ -292,6 +321,7 @@ def power_of_two(w: torch.Tensor, bits: int = 4) -> torch.Tensor:
     exponent; magnitudes whose exponent falls below the lowest one become 0."""
     bits = check_bits(bits)
     check_finite(w, "weight")
+    check_not_empty(w, "weight")
     n_exp = 2 ** (bits - 1) - 1
     mag = w.abs()
     e_max = torch.round(torch.log2(mag.max().clamp(min=EPS)))
@@ -317,6 +347,7 @@ def kmeans_codebook(w: torch.Tensor, bits: int, iters: int = 30) -> tuple[torch.
     """
     bits = check_bits(bits, minimum=1)
     check_finite(w, "weight")
+    check_not_empty(w, "weight")
     flat = w.detach().reshape(-1).float()
     k = 2 ** bits
     centroids = torch.linspace(flat.min().item(), flat.max().item(), k, device=flat.device)
@@ -352,7 +383,7 @@ class WeightQuantizer(nn.Module):
         bits = {"binary": 1, "ternary": 2}.get(scheme, bits)
         self.scheme, self.bits = scheme, check_bits(bits, minimum=1 if scheme == "binary" else 2)
         self.symmetric, self.per_channel = symmetric, per_channel
-        self.method, self.percentile = check_method(method), percentile
+        self.method, self.percentile = check_method(method), check_percentile(percentile)
         self._cache = (None, None)  # (weight version, QParams): the grid search runs once per update
 
     def qparams(self, w: torch.Tensor) -> QParams:
@@ -398,6 +429,7 @@ class KMeansQuantizer(nn.Module):
     def __init__(self, weight: torch.Tensor, bits: int, iters: int = 30, keep_zeros: bool = False):
         super().__init__()
         self.bits = check_bits(bits, minimum=1)
+        check_not_empty(weight, "weight")
         mask = weight.detach() != 0 if keep_zeros else torch.ones_like(weight, dtype=torch.bool)
         if not mask.any():
             raise ValueError("Every weight of this layer is zero: there is nothing to cluster.")
@@ -439,6 +471,7 @@ class Observer(nn.Module):
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_finite(x, "observed tensor")
+        check_not_empty(x, "observed tensor")
         lo, hi = x.detach().min().float(), x.detach().max().float()
         if self.momentum is None or not self.calibrated:
             self.min_val.copy_(torch.minimum(self.min_val, lo))
@@ -524,6 +557,9 @@ def quantize_model(model: nn.Module, bits: int | dict[str, int] = 8, scheme: str
     if unknown:
         raise ValueError(f"No conv / linear layer named {unknown}; the model has {list(available)}.")
     names = [n for n in names if n not in set(exclude)]
+    if act_bits is not None:
+        check_bits(act_bits)
+    quantizers = {}  # every quantizer is built (and its arguments checked) before the model changes
     for name in names:
         m = available[name]
         b = bits[name] if isinstance(bits, dict) else bits
@@ -533,9 +569,12 @@ def quantize_model(model: nn.Module, bits: int | dict[str, int] = 8, scheme: str
         if weight_quantizer(m) is not None or hasattr(m, "input_quantizer"):
             raise ValueError(f"Layer {name!r} is already quantized: call remove_quantization(model) first.")
         if scheme == "kmeans":
-            q = KMeansQuantizer(m.weight, b, kmeans_iters, keep_zeros)
+            quantizers[name] = KMeansQuantizer(m.weight, b, kmeans_iters, keep_zeros)
         else:
-            q = WeightQuantizer(scheme, b, symmetric, per_channel, method, percentile)
+            quantizers[name] = WeightQuantizer(scheme, b, symmetric, per_channel, method, percentile)
+        quantizers[name](m.weight.detach())  # the weight itself must be quantizable (finite, not empty)
+    for name, q in quantizers.items():
+        m = available[name]
         parametrize.register_parametrization(m, "weight", q.to(m.weight.device))
         if act_bits is not None:
             m.input_quantizer = ActivationQuantizer(act_bits, act_symmetric).to(m.weight.device)
@@ -664,6 +703,9 @@ def allocate_bits(scan: pd.DataFrame, model: nn.Module, budget_bytes: float | No
     numel = {n: layers[n].weight.numel() for n in scan.index}
     if average_bits is not None:
         budget_bytes = sum(numel.values()) * average_bits / 8
+    if not budget_bytes >= 0:  # also refuses NaN, which no comparison would ever stop at
+        raise ValueError(f"The budget must be a number of bytes >= 0, got budget_bytes={budget_bytes!r} "
+                         f"(average_bits={average_bits!r}).")
     choices = sorted((int(b) for b in scan.columns), reverse=True)
     alloc = {n: choices[0] for n in scan.index}
 

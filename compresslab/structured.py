@@ -28,12 +28,13 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from .pruning import check_amount, make_permanent, mask_lowest
+from .metrics import check_input_shape, run_checked
+from .pruning import check_amount, check_norm_p, make_permanent, mask_lowest
 
 
 def filter_norms(weight: torch.Tensor, p: float = 1) -> torch.Tensor:
     """||W_i||_p of every output filter (row), over all its other dimensions."""
-    return weight.detach().reshape(weight.shape[0], -1).norm(p=p, dim=1)
+    return weight.detach().reshape(weight.shape[0], -1).norm(p=check_norm_p(p), dim=1)
 
 
 def keep_strongest(scores: torch.Tensor, amount: float | int) -> torch.Tensor:
@@ -58,7 +59,10 @@ def channel_plan(model: nn.Module, amounts: dict[str, float | int], p: float = 1
         m = modules.get(name)
         if not isinstance(m, (nn.Conv2d, nn.Linear)):
             raise ValueError(f"{name!r} is not a Conv2d or Linear layer of the model.")
-        s = filter_norms(m.weight, p) if scores is None else scores[name]  # masked weights if pruned
+        s = filter_norms(m.weight, p) if scores is None else scores.get(name)  # masked weights if pruned
+        if s is None or s.shape != (m.weight.shape[0],):
+            raise ValueError(f"scores[{name!r}] must hold one score per output channel, shape "
+                             f"({m.weight.shape[0]},), got {None if s is None else tuple(s.shape)}.")
         plan[name] = keep_strongest(s, amount)
     return plan
 
@@ -140,11 +144,29 @@ def slimming_plan(model: nn.Module, amount: float | int) -> dict[str, torch.Tens
     return plan
 
 
+def check_plan(model: nn.Module, plan: dict[str, torch.Tensor], blocks: bool = True) -> None:
+    """Each entry of a plan: distinct integer indices in [0, C) of a layer's C output channels
+    (a ResidualBlock's, if ``blocks``: of its stream), at least one of them."""
+    modules, kinds = dict(model.named_modules()), (nn.Conv2d, nn.Linear) + ((ResidualBlock,) if blocks else ())
+    for name, keep in plan.items():
+        m = modules.get(name) if name else None
+        if not isinstance(m, kinds):
+            raise ValueError(f"The plan names {name!r}, which is not one of the model's "
+                             f"{' / '.join(k.__name__ for k in kinds)} layers.")
+        c = m.conv2.out_channels if isinstance(m, ResidualBlock) else m.weight.shape[0]
+        keep = torch.as_tensor(keep)
+        if (keep.dim() != 1 or keep.is_floating_point() or keep.dtype == torch.bool or not 1 <= len(keep) <= c
+                or keep.min() < 0 or keep.max() >= c or len(keep.unique()) != len(keep)):
+            raise ValueError(f"plan[{name!r}] must list the channels to keep: between 1 and {c} distinct "
+                             f"integer indices in [0, {c - 1}], got {keep.tolist()}.")
+
+
 def mask_channels(model: nn.Module, plan: dict[str, torch.Tensor]) -> nn.Module:
     """Zero the pruned channels with masks (conv weight + bias, following BN scale + shift).
 
     Layer names may be dotted (``block.conv2``) to reach inside a residual block.
     """
+    check_plan(model, plan, blocks=False)
     for name, keep in plan.items():
         conv = model.get_submodule(name)
         alive = torch.zeros(conv.weight.shape[0], device=conv.weight.device)
@@ -239,8 +261,10 @@ def shrink(model: nn.Sequential, plan: dict[str, torch.Tensor], input_shape) -> 
     unknown = [n for n in plan if n.split(".")[0] not in dict(model.named_children())]
     if unknown:
         raise ValueError(f"The plan names layers {unknown} that are not children of the model.")
+    check_plan(model, plan)
     # The spatial size of every activation, to expand channel indices at the flatten.
-    shapes, x = {}, torch.zeros(1, *input_shape, device=next(model.parameters()).device)
+    shapes, x = {}, torch.zeros(1, *check_input_shape(input_shape), device=next(model.parameters()).device)
+    run_checked(model, x)  # a wrong input_shape: a clear error rather than one from a layer
     for name, m in model.named_children():
         shapes[name] = x.shape[1:]
         x = m(x)

@@ -108,3 +108,36 @@ def plot_confusion(counts: np.ndarray, classes, title: str = "Confusion matrix",
                 xticklabels=classes, yticklabels=classes, annot_kws={"fontsize": 7})
     ax.set(xlabel="predicted class", ylabel="true class", title=title)
     return ax
+
+
+def explore(draw, figsize=(11, 3.6), **sliders):
+    """An interactive figure: ``draw(fig, **values)`` redraws ``fig`` whenever a slider moves.
+
+    ``sliders`` are ipywidgets controls, e.g. ``sparsity=widgets.SelectionSlider(...)``. Keep
+    ``draw`` cheap (read results computed earlier) and moving a slider is instant on a CPU.
+    The first view is displayed as an ordinary figure, so a static copy of the notebook (nbval,
+    GitHub, a PDF) still shows the default; later views replace it in place (a display id).
+    """
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    def values():
+        return {name: s.value for name, s in sliders.items()}
+
+    fig = plt.figure(figsize=figsize)
+    draw(fig, **values())
+    display(widgets.HBox(list(sliders.values())))
+    handle = display(fig, display_id=True)  # None outside IPython
+    plt.close(fig)  # shown once, by the handle, not again at the end of the cell
+
+    def redraw(change):
+        fig.clear()
+        draw(fig, **values())
+        if handle is not None:
+            handle.update(fig)
+
+    for s in sliders.values():
+        s.continuous_update = False  # redraw when the slider is released, not at every pixel
+        s.style.description_width = "initial"
+        s.observe(redraw, names="value")
+    return fig

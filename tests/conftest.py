@@ -21,3 +21,21 @@ def fake_arrays(name, n_train=50, n_test=20, seed=0):
         "x_test": rng.integers(0, 256, (n_test, *shape), dtype=np.uint8),
         "y_test": (np.arange(n_test) % 10).astype(np.uint8),
     }
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Sockets that refuse to connect; the list records every attempt."""
+    import socket
+
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("network blocked by the test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    return attempts

@@ -1,4 +1,3 @@
-import socket
 
 import numpy as np
 import pytest
@@ -33,16 +32,46 @@ def test_env_var_folder_wins_and_is_used_offline(isolated_data, monkeypatch):
     assert torch.equal(ds.x_train[:, 0], torch.from_numpy(fake_arrays("mnist", seed=1)["x_train"]))
 
 
-def test_offline_without_cache_names_the_file_and_folder(isolated_data, monkeypatch):
-    def no_network(*args, **kwargs):
-        raise OSError("network is unreachable")
-    monkeypatch.setattr(socket, "create_connection", no_network)
-    monkeypatch.setattr(socket.socket, "connect", no_network)
+def test_offline_without_cache_names_the_file_and_folder(isolated_data, no_network):
     with pytest.raises(DatasetNotFoundError) as err:
         load_dataset("mnist")
     msg = str(err.value)
     assert "mnist.npz" in msg and str(data.DATA_DIR) in msg and data.ENV_VAR in msg
     assert not (data.DATA_DIR / "mnist.npz").exists()
+
+
+def test_caches_are_read_with_sockets_blocked(isolated_data, monkeypatch, no_network):
+    folder = isolated_data / "instructor"
+    data.write_cache(folder / "cifar10.npz", fake_arrays("cifar10"))
+    data.write_cache(data.DATA_DIR / "mnist.npz", fake_arrays("mnist"))
+    monkeypatch.setenv(data.ENV_VAR, str(folder))
+    for name in ("mnist", "cifar10"):
+        ds = load_dataset(name)
+        x, y = next(iter(ds.loader("train", 16, augment=True)))
+        assert x.shape[0] == 16 and data.dataset_label(name) == data.PRETTY[name]
+    assert no_network == []
+
+
+def test_real_data_and_checkpoints_need_no_network(no_network):
+    """What every notebook does first: load both datasets and a checkpoint, from the caches."""
+    from compresslab import zoo
+
+    for name in ("mnist", "cifar10"):
+        ds = load_dataset(name)
+        data.dataset_label(name)
+        next(iter(ds.loader("test", 256)))
+    zoo.load_pretrained("cifar_cnn", "cpu")
+    assert no_network == []
+
+
+def test_notebooks_get_data_only_through_the_data_layer():
+    """No notebook downloads by itself: offline use rests on data.py alone."""
+    import nbformat
+
+    for path in sorted((data.ROOT / "notebooks").glob("[0-9]*.ipynb")):
+        code = "\n".join(c.source for c in nbformat.read(path, 4).cells if c.cell_type == "code")
+        for forbidden in ("download=True", "urllib", "requests.", "torchvision.datasets", "http://", "https://"):
+            assert forbidden not in code, f"{path.name} uses {forbidden!r}; load data with cl.load_dataset"
 
 
 def test_download_is_converted_once_into_the_cache(isolated_data, monkeypatch):
