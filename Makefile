@@ -15,8 +15,11 @@ endif
 
 # pip is asked offline first (a lab machine without internet, or a second run: everything is
 # installed already, nothing is fetched), and goes to the package index only if that fails.
+# The venv borrows the system's pip and setuptools (--without-pip) rather than the older copies
+# ensurepip would bundle, which cannot build the workbook offline.
 setup:
-	@test -x $(PYTHON) || command -v $(PYTHON) >/dev/null || python3 -m venv --system-site-packages .venv
+	@test -x $(PYTHON) || command -v $(PYTHON) >/dev/null || python3 -m venv --system-site-packages --without-pip .venv
+	@$(PYTHON) -m pip --version >/dev/null 2>&1 || $(PYTHON) -m ensurepip --quiet
 	@$(PYTHON) -m pip install --quiet --no-index --no-build-isolation -e ".[dev]" 2>/dev/null || \
 	$(PYTHON) -m pip install --quiet -e ".[dev]"
 
