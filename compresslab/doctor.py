@@ -125,7 +125,7 @@ def check_dataset(name: str) -> Finding:
                                                    "or import a good copy with `datasets --import`")
         label = data.dataset_label(name)
         return Finding("ok", f"{name}: {path} ({label}, {len(arrays['y_train']):,} train + "
-                             f"{len(arrays['y_test']):,} test images), sha256 {data.sha256(path)}")
+                             f"{len(arrays['y_test']):,} test images), sha256 {data.cached_sha256(path, path.stat().st_mtime)}")
     host, mb = DOWNLOADS[name]
     fix = (f"copy {name}.npz from a machine that has it and run `python -m compresslab datasets --import "
            f"{name}.npz --name {name}`, or set {data.ENV_VAR} to a folder holding it")
