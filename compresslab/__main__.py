@@ -90,7 +90,8 @@ def cmd_bench(args) -> int:
     return bench.main([args.what])
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """Every command and its options (the instructor's guide is tested against this)."""
     from .zoo import RECIPES
 
     p = argparse.ArgumentParser(prog="python -m compresslab", description=__doc__,
@@ -145,6 +146,13 @@ def main(argv=None) -> int:
     b.add_argument("what", nargs="?", choices=BENCHES, default="all")
     b.set_defaults(run=cmd_bench)
 
+    return p
+
+
+def main(argv=None) -> int:
+    from .zoo import RECIPES
+
+    p = build_parser()
     args = p.parse_args(argv)
     if args.command == "checkpoints":
         from .zoo import CHECKPOINT_DIR

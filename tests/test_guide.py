@@ -146,19 +146,10 @@ def commands_in(guide: str) -> list[list[str]]:
 
 @pytest.fixture(scope="module")
 def cli_parser() -> argparse.ArgumentParser:
-    """The real parser of ``python -m compresslab``: main() runs until it parses, then stops."""
+    """The real parser of ``python -m compresslab``."""
     from compresslab import __main__ as cli
 
-    class Built(Exception):
-        pass
-
-    def capture(self, args=None, namespace=None):
-        raise Built(self)
-
-    with mock.patch.object(argparse.ArgumentParser, "parse_args", capture):
-        with pytest.raises(Built) as built:
-            cli.main([])
-    return built.value.args[0]
+    return cli.build_parser()
 
 
 def subcommands(parser: argparse.ArgumentParser) -> set[str]:

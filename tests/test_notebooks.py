@@ -5,6 +5,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from .test_guide import minutes, readme_run_times
+
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9]*.ipynb"))
 EXPLORERS = {"01": "sparsity", "06": "bits", "07": "temperature"}
@@ -60,19 +62,12 @@ def test_explorer_shows_a_static_default_view_and_its_sliders(number, what):
     assert any("image/png" in d for d in outputs), "no default view for static copies"
 
 
-def readme_minutes():
-    """Notebook stem -> run time in minutes from the README's notebook table (upper end of a range)."""
-    table = (ROOT / "README.md").read_text().split("## The notebooks")[1].split("\n\n")[1]
-    return {m[1]: float(m[3] or m[2]) for m in re.finditer(r"^\| `(\d\d_\w+)` \|.*\| ([\d.]+)(?:-([\d.]+))? min \|$",
-                                                          table, re.M)}
-
-
 def test_each_notebook_states_its_measured_run_time():
-    minutes = readme_minutes()
-    assert set(minutes) == {p.stem for p in NOTEBOOKS}
+    measured = {stem: minutes(t)[1] for stem, t in readme_run_times((ROOT / "README.md").read_text()).items()}
+    assert set(measured) == {p.stem for p in NOTEBOOKS}
     for path in NOTEBOOKS:
         header = nbformat.read(path, 4).cells[0].source
         stated = re.search(r"\*\*Run time\*\*: about ([\d.]+) minutes?", header)
         assert stated, f"{path.name}: the first cell should say '**Run time**: about N minutes'"
-        assert abs(float(stated[1]) - minutes[path.stem]) <= 0.35 * minutes[path.stem], \
-            f"{path.name} says about {stated[1]} min, the README measured {minutes[path.stem]} min"
+        assert abs(float(stated[1]) - measured[path.stem]) <= 0.35 * measured[path.stem], \
+            f"{path.name} says about {stated[1]} min, the README measured {measured[path.stem]} min"
