@@ -26,12 +26,13 @@ smallest.
 from __future__ import annotations
 
 import heapq
-import numbers
 from collections import Counter
 from typing import Hashable, Sequence
 
 import numpy as np
 import torch
+
+from . import checks
 
 # ---------------------------------------------------------------- 1. Huffman coding
 
@@ -114,8 +115,8 @@ def relative_indices(mask: torch.Tensor, index_bits: int) -> np.ndarray:
     (Han et al.'s Figure 3 stores a filler as a real entry with the value zero, which costs
     a codebook index too; the symbol 0 does the same job for free.)
     """
-    if isinstance(index_bits, bool) or not isinstance(index_bits, numbers.Integral) or not 1 <= index_bits <= 16:
-        raise ValueError(f"index_bits must be an integer between 1 and 16, got {index_bits!r}.")
+    index_bits = checks.integer(index_bits, "index_bits", 1, 16, must="be an integer between 1 and 16", example=5)
+    checks.tensor(mask, "mask")
     positions = torch.nonzero(mask.flatten()).flatten().numpy()
     gaps = np.diff(positions, prepend=-1)
     longest = 2 ** index_bits - 1

@@ -1,6 +1,10 @@
 """Low-rank factorization: replace a layer by a chain of thinner layers that computes nearly
 the same function with fewer weights and FLOPs.
 
+(One module on purpose: its four factorizations are 50-80 lines each and share the helpers at
+the top (rank checks, float64 SVDs, layer replacement); a tenth of it is this docstring, which
+reads as one comparison of the four.)
+
 **Truncated SVD of a linear layer** (Denton et al. 2014, Xue et al. 2013). W (m x n) =
 U S V^T with singular values s_1 >= s_2 >= ... Keeping the r largest,
 
@@ -48,34 +52,30 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from .quantization import check_finite
+from . import checks
+from .checks import finite as check_finite
 
 # ---------------------------------------------------------------- checks and shared helpers
 
 
 def check_rank(rank, limit: int, name: str, what: str) -> int:
     """A rank is an integer in [1, limit]; ``what`` says where the limit comes from."""
-    if isinstance(rank, bool) or not isinstance(rank, numbers.Integral):
-        raise TypeError(f"The rank of layer {name!r} must be an integer, got {rank!r}.")
-    if not 1 <= rank <= limit:
-        raise ValueError(f"Rank {rank} for layer {name!r} is out of range: it must be between 1 "
-                         f"and {limit} ({what}).")
-    return int(rank)
+    return checks.integer(rank, f"The rank of layer {name!r}", 1, limit, example=max(1, limit // 4),
+                          must=f"be an integer between 1 and {limit} ({what})")
 
 
 def check_ranks_pair(ranks, name: str = "kernel") -> tuple:
     """Tucker-2 ranks come as a pair (R_out, R_in)."""
-    if isinstance(ranks, (str, bytes)) or not hasattr(ranks, "__len__") or len(ranks) != 2:
-        raise ValueError(f"The Tucker-2 ranks of layer {name!r} must be a pair (R_out, R_in) or one "
-                         f"integer for both, got {ranks!r}.")
+    must = "be a pair (R_out, R_in) or one integer for both"
+    if not isinstance(ranks, (tuple, list)):
+        raise TypeError(checks.message(f"The Tucker-2 ranks of layer {name!r}", must, ranks, "(16, 8)"))
+    if len(ranks) != 2:
+        raise ValueError(checks.message(f"The Tucker-2 ranks of layer {name!r}", must, ranks, "(16, 8)"))
     return tuple(ranks)
 
 
 def check_keep(keep) -> float:
-    if isinstance(keep, bool) or not isinstance(keep, numbers.Real) or not 0 < keep <= 1:
-        raise ValueError(f"The kept energy must be a fraction in (0, 1], got {keep!r} "
-                         "(e.g. 0.9 keeps 90% of sum s_i^2).")
-    return float(keep)
+    return checks.fraction(keep, "The kept energy", low_open=True, example="0.9 (90% of sum s_i^2)")
 
 
 def as_float64(t: torch.Tensor) -> torch.Tensor:
@@ -126,7 +126,7 @@ def one_of(energy, ranks) -> None:
 def singular_values(weight: torch.Tensor | nn.Module) -> torch.Tensor:
     """s_1 >= s_2 >= ... of a weight matrix (float64, CPU); a conv kernel is read as the
     (C_out, C_in k k) matrix of its filters, a layer as its weight."""
-    w = weight.weight if isinstance(weight, nn.Module) else weight
+    w = weight.weight if isinstance(weight, nn.Module) else checks.tensor(weight, "weight")
     if w.dim() < 2:
         raise ValueError(f"Singular values need a matrix (out, in) or a conv kernel, got shape {tuple(w.shape)}.")
     return torch.linalg.svdvals(as_float64(w).reshape(w.shape[0], -1))
@@ -158,6 +158,7 @@ def spectrum(model: nn.Module, layers=None) -> dict[str, torch.Tensor]:
 
 def svd_linear(layer: nn.Linear, rank: int, name: str = "layer") -> nn.Sequential:
     """y = W x + b  ->  y = (U_r S_r) (V_r^T x) + b: two nn.Linear layers named ``v`` and ``us``."""
+    checks.module(layer, f"Layer {name!r}", nn.Linear)
     m, n = layer.weight.shape
     rank = check_rank(rank, min(m, n), name, f"min(out, in) of its {m}x{n} weight")
     u, s, vh = torch.linalg.svd(as_float64(layer.weight), full_matrices=False)
@@ -228,7 +229,7 @@ def tucker2(weight: torch.Tensor, ranks: tuple[int, int], n_iter: int = 0):
     (``n_iter`` > 0): each round recomputes U_out from W x_1 U_in^T, then U_in from
     W x_0 U_out^T, which never increases the error. float64, on the CPU.
     """
-    if weight.dim() != 4:
+    if checks.tensor(weight, "weight").dim() != 4:
         raise ValueError(f"Tucker-2 needs a conv kernel (C_out, C_in, kh, kw), got shape {tuple(weight.shape)}; "
                          "use svd_linear for a matrix.")
     w = as_float64(weight)
@@ -252,8 +253,8 @@ def tucker2_reconstruct(core: torch.Tensor, factors) -> torch.Tensor:
 
 def check_conv(conv: nn.Module, name: str, method: str) -> nn.Conv2d:
     if type(conv) is not nn.Conv2d:
-        raise ValueError(f"Layer {name!r} is a {type(conv).__name__}: {method} handles nn.Conv2d "
-                         "layers only (use svd_factorize for nn.Linear).")
+        raise TypeError(f"Layer {name!r} is a {type(conv).__name__}: {method} handles nn.Conv2d "
+                        "layers only, e.g. nn.Conv2d(16, 32, 3) (use svd_factorize for nn.Linear).")
     if conv.groups != 1:
         raise ValueError(f"Layer {name!r} is a grouped convolution (groups={conv.groups}): {method} "
                          "needs an ordinary one (groups=1); a depthwise conv is already tiny.")

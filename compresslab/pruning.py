@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
+from . import checks
 from .metrics import prunable_layers
 
 # ---------------------------------------------------------------- 1. scores
@@ -37,8 +38,7 @@ def magnitude_scores(w: torch.Tensor) -> torch.Tensor:
 
 def check_norm_p(p) -> float:
     """The p of an L_p norm: a positive number, or inf for the max norm (p <= 0 is no norm)."""
-    if isinstance(p, bool) or not isinstance(p, numbers.Real) or math.isnan(p) or p <= 0:
-        raise ValueError(f"p must be a positive number (1, 2, ... or float('inf')), got {p!r}.")
+    checks.number(p, "p", 0, low_open=True, must="be a positive number (1, 2, ... or float('inf'))", example=2)
     return p
 
 
@@ -60,6 +60,7 @@ def random_scores(w: torch.Tensor, generator: torch.Generator | None = None) -> 
 CRITERIA: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "magnitude": magnitude_scores, "l1": magnitude_scores, "random": random_scores,
 }
+SCOPES = ("global", "layerwise")
 
 # ---------------------------------------------------------------- 2. masks
 
@@ -67,16 +68,14 @@ CRITERIA: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 def check_amount(amount: float | int, numel: int) -> int:
     """How many weights to prune. As in ``torch.nn.utils.prune``: a float is a fraction in
     [0, 1], an int is a count in [0, numel]."""
-    if isinstance(amount, bool) or not isinstance(amount, numbers.Real):
-        raise TypeError(f"amount must be a float fraction in [0, 1] or an int count, got {amount!r}.")
-    if isinstance(amount, numbers.Integral):
+    if isinstance(amount, numbers.Integral) and not isinstance(amount, bool):
         if not 0 <= amount <= numel:
-            raise ValueError(f"Cannot prune {amount} weights out of {numel}: an int amount is a count "
-                             f"in [0, {numel}] (for a fraction pass a float, e.g. 0.5).")
+            raise ValueError(f"Cannot prune {amount} weights out of {numel}: an int amount must be a count in "
+                             f"[0, {numel}], e.g. {numel // 2} (for a fraction pass a float, e.g. 0.5); got {amount}.")
         return int(amount)
-    if not 0.0 <= amount <= 1.0:
-        raise ValueError(f"amount must be a fraction in [0, 1], got {amount}.")
-    return round(float(amount) * numel)  # rounded as torch.nn.utils.prune does
+    amount = checks.number(amount, "amount", 0, 1, must="be a fraction in [0, 1] (a float) or a count of "
+                           "weights (an int)", example=0.5)
+    return round(amount * numel)  # rounded as torch.nn.utils.prune does
 
 
 def mask_lowest(scores: torch.Tensor, amount: float | int) -> torch.Tensor:
@@ -106,9 +105,8 @@ def score_layers(modules: dict[str, nn.Module], criterion: str | Callable = "mag
                  generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
     """Scores of each layer's *current* weights (already pruned weights score lowest)."""
     if isinstance(criterion, str):
-        if criterion not in CRITERIA:
-            raise ValueError(f"Unknown criterion {criterion!r}: use one of {list(CRITERIA)} or a function.")
-        criterion = CRITERIA[criterion]
+        criterion = CRITERIA[checks.one_of(criterion, "criterion", CRITERIA, "Unknown criterion: pass one "
+                                                                      "of these names or a function w -> scores.")]
     scores = {}
     for name, m in modules.items():
         w = m.weight.detach()
@@ -159,9 +157,7 @@ def prune_model(model: nn.Module, amount: float, criterion="magnitude", scope: s
     ``amount`` is the fraction of the chosen weights that will be zero *in total*
     (already pruned weights count), so pruning to 0.5 then to 0.8 ends at 80 %.
     """
-    make = {"global": global_masks, "layerwise": layerwise_masks}.get(scope)
-    if make is None:
-        raise ValueError(f"scope must be 'global' or 'layerwise', got {scope!r}.")
+    make = {"global": global_masks, "layerwise": layerwise_masks}[checks.one_of(scope, "scope", SCOPES)]
     masks = make(model, amount, criterion, layers, exclude, generator)
     return apply_masks(model, masks)
 
@@ -200,8 +196,11 @@ def kept_fraction(model: nn.Module) -> dict[str, float]:
 
 def iterative_steps(final: float, step: float) -> list[float]:
     """Sparsity targets of iterative pruning: step, 2*step, ... up to ``final``."""
+    need = f"Need 0 < step <= final <= 1, e.g. iterative_steps(0.9, 0.2); got step={step!r}, final={final!r}."
+    if any(isinstance(v, bool) or not isinstance(v, numbers.Real) for v in (final, step)):
+        raise TypeError(need)
     if not 0 < step <= final <= 1:
-        raise ValueError(f"Need 0 < step <= final <= 1, got step={step}, final={final}.")
+        raise ValueError(need)
     n = math.floor(final / step + 1e-9)  # whole steps below final: never one past it
     return [round(step * i, 10) for i in range(1, n + 1) if step * i < final - 1e-9] + [final]
 
@@ -210,8 +209,13 @@ def geometric_steps(final: float, rounds: int) -> list[float]:
     """Sparsity targets that remove the same fraction of the *remaining* weights each round:
     s_r = 1 - (1 - final)^(r / rounds). Linear steps take ever larger bites of what is left
     (from 81 % to 97 % removes 84 % of the survivors at once); these do not."""
-    if not 0 <= final < 1 or not isinstance(rounds, numbers.Integral) or rounds < 1:
-        raise ValueError(f"Need 0 <= final < 1 and an integer rounds >= 1, got final={final}, rounds={rounds!r}.")
+    need = (f"Need 0 <= final < 1 and an integer rounds >= 1, e.g. geometric_steps(0.9, 3); "
+            f"got final={final!r}, rounds={rounds!r}.")
+    if (isinstance(final, bool) or not isinstance(final, numbers.Real)
+            or isinstance(rounds, bool) or not isinstance(rounds, numbers.Integral)):
+        raise TypeError(need)
+    if not 0 <= final < 1 or rounds < 1:
+        raise ValueError(need)
     return [1 - (1 - final) ** (r / rounds) for r in range(1, rounds + 1)]
 
 
@@ -220,10 +224,12 @@ def agp_sparsity(t: int, s_initial: float, s_final: float, t0: int, n: int, dt: 
 
     Fast at first, while there are many redundant weights, then ever slower.
     """
-    if not 0 <= s_initial <= s_final <= 1:
-        raise ValueError(f"Need 0 <= s_initial <= s_final <= 1, got {s_initial} and {s_final}.")
-    if n < 1 or dt < 1:
-        raise ValueError(f"Need n >= 1 pruning steps and dt >= 1, got n={n}, dt={dt}.")
+    need = "Need 0 <= s_initial <= s_final <= 1, n >= 1 pruning steps and dt >= 1, e.g. (0, 0.9, n=10, dt=100)"
+    args = f"got s_initial={s_initial!r}, s_final={s_final!r}, n={n!r}, dt={dt!r}."
+    if any(isinstance(v, bool) or not isinstance(v, numbers.Real) for v in (t, s_initial, s_final, t0, n, dt)):
+        raise TypeError(f"{need}, all numbers; {args}")
+    if not (0 <= s_initial <= s_final <= 1 and n >= 1 and dt >= 1):
+        raise ValueError(f"{need}; {args}")
     progress = min(max((t - t0) / (n * dt), 0.0), 1.0)
     return s_final + (s_initial - s_final) * (1 - progress) ** 3
 
@@ -255,8 +261,7 @@ class SoftPruner:
     def __init__(self, model, amount, criterion="magnitude", scope="global", layers=None, exclude=()):
         self.model, self.amount = model, amount
         self.kwargs = dict(criterion=criterion, layers=layers, exclude=exclude)
-        if scope not in ("global", "layerwise"):
-            raise ValueError(f"scope must be 'global' or 'layerwise', got {scope!r}.")
+        checks.one_of(scope, "scope", SCOPES)
         self.make = global_masks if scope == "global" else layerwise_masks
         layers_ = select_layers(model, layers, exclude)
         check_amount(amount, sum(m.weight.numel() for m in layers_.values()))

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
+from . import checks
 from .metrics import check_input_shape, run_checked
 from .pruning import check_amount, check_norm_p, make_permanent, mask_lowest
 
@@ -60,9 +61,11 @@ def channel_plan(model: nn.Module, amounts: dict[str, float | int], p: float = 1
         if not isinstance(m, (nn.Conv2d, nn.Linear)):
             raise ValueError(f"{name!r} is not a Conv2d or Linear layer of the model.")
         s = filter_norms(m.weight, p) if scores is None else scores.get(name)  # masked weights if pruned
+        if s is not None:
+            checks.tensor(s, f"scores[{name!r}]")
         if s is None or s.shape != (m.weight.shape[0],):
-            raise ValueError(f"scores[{name!r}] must hold one score per output channel, shape "
-                             f"({m.weight.shape[0]},), got {None if s is None else tuple(s.shape)}.")
+            raise ValueError(f"scores[{name!r}] must hold one score per output channel (e.g. from "
+                             f"taylor_scores), shape ({m.weight.shape[0]},), got {None if s is None else tuple(s.shape)}.")
         plan[name] = keep_strongest(s, amount)
     return plan
 
@@ -251,8 +254,7 @@ def shrink(model: nn.Sequential, plan: dict[str, torch.Tensor], input_shape) -> 
     Layers without parameters (pooling, activations) are assumed to act on each channel alone.
     Raises ValueError naming any layer it cannot handle, never returns a broken model.
     """
-    if not isinstance(model, nn.Sequential):
-        raise ValueError("shrink handles nn.Sequential models (and ResidualBlocks inside them).")
+    checks.module(model, "shrink's model (nn.Sequential, with ResidualBlocks inside)", nn.Sequential)
     model = make_permanent(copy.deepcopy(model))  # masks folded in: plain tensors, no hooks
     for name, m in model.named_children():
         if not isinstance(m, SUPPORTED) and any(True for _ in m.parameters()):
