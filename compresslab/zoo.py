@@ -4,6 +4,10 @@ Every checkpoint is a plain ``state_dict`` (tensors only), listed in ``manifest.
 its sha256, and loaded with ``torch.load(..., weights_only=True)`` after the checksum is
 verified: a truncated or tampered file is refused, and nothing is ever unpickled.
 
+This module *loads* checkpoints and imports no compression technique; how each one is
+*made* is a plain function of the same name in :mod:`compresslab.recipes`, which
+``retrain`` looks up by name.
+
 Retrain them all from scratch (prints the accuracy of each and refuses to overwrite
 existing files unless told to)::
 
@@ -22,18 +26,17 @@ import torch
 from torch import nn
 
 from .data import DATA_DIR, dataset_label, load_dataset, sha256
-from .deep_compression import HAN, prune_and_retrain, share_weights
-from .distillation import distillation_loss_fn, transfer_set_without
-from .factorization import default_convs, tucker2_factorize
 from .models import DATASET_OF, build_model
-from .structured import bn_l1_penalty, prune_filters
-from .train import bf16_is_fast, evaluate, fit, get_device  # noqa: F401 (bf16_is_fast: notebooks use zoo.bf16_is_fast)
+from .train import bf16_is_fast, evaluate, get_device  # noqa: F401 (bf16_is_fast: notebooks use zoo.bf16_is_fast)
 
 CHECKPOINT_DIR = DATA_DIR / "checkpoints"
 MANIFEST = "manifest.json"
 
-# How each checkpoint is trained. `python -m compresslab checkpoints retrain` uses exactly these.
-# "model" names the architecture when it differs from the checkpoint's name.
+# The settings of each checkpoint's recipe, as the manifest records them and the notebooks print
+# them. The training itself is the function of the same name in compresslab/recipes.py (these
+# dicts are read, never interpreted); tests/test_recipes.py checks that each function trains
+# with exactly these settings. "model" names the architecture when it differs from the
+# checkpoint's name; "store" is how retrain writes the file.
 EPOCHS_800 = 20
 RECIPES = {
     "lenet300": dict(epochs=20, lr=0.05, batch_size=128, weight_decay=5e-4, augment=False),
@@ -145,7 +148,8 @@ def build_architecture(name: str, options: dict) -> nn.Module:
     options = dict(options)
     ranks = options.pop("tucker_ranks", None)
     model = build_model(architecture(name), **options)
-    if ranks:
+    if ranks:  # imported here: loading the other checkpoints needs no compression technique
+        from .factorization import tucker2_factorize
         model = tucker2_factorize(model, ranks={n: tuple(r) for n, r in ranks.items()}, inplace=True)
     return model
 
@@ -169,53 +173,17 @@ def load_pretrained(name: str, device: str | torch.device | None = None,
 
 def train_checkpoint(name: str, seed: int = 0, device=None, progress: bool = True,
                      directory: Path = CHECKPOINT_DIR):
-    """Train one checkpoint with its recipe; return (model, history).
+    """Make one checkpoint with its recipe, ``recipes.<name>``; return (model, history).
 
-    Plain recipes train from scratch; ``bn_l1`` adds network slimming's penalty to the loss;
-    ``start_from`` + ``prune_filters`` prune a trained checkpoint (read from ``directory``)
-    and fine-tune it; ``teacher`` (+ ``T``, ``alpha``) distils from a trained checkpoint, on a
-    transfer set without the class ``drop_class`` if given.
+    A recipe that starts from or distils from another checkpoint reads it from ``directory``.
     """
-    recipe = dict(RECIPES[check_checkpoint_name(name)])
-    recipe.pop("model", None)
-    recipe.pop("store", None)  # how the file is written, not how the model is trained
-    device = get_device(device)
-    ds = load_dataset(dataset_of(name))
-    batch_size, augment = recipe.pop("batch_size"), recipe.pop("augment")
-    if "drop_class" in recipe:
-        train = transfer_set_without(ds, recipe.pop("drop_class"), batch_size, augment, seed)
-    else:
-        train = ds.loader("train", batch_size, augment=augment, seed=seed)
-    test = ds.loader("test", 1000)
-    if "start_from" in recipe:
-        base = load_pretrained(recipe.pop("start_from"), "cpu", directory)
-        model = base
-        if "prune_filters" in recipe:
-            convs = [n for n, m in base.named_children() if isinstance(m, nn.Conv2d)]
-            model = prune_filters(base, dict.fromkeys(convs, recipe.pop("prune_filters")), tuple(ds.x_test.shape[1:]))
-        if "tucker" in recipe:  # ranks = that fraction of each conv's channels (not the first conv)
-            keep = recipe.pop("tucker")
-            ranks = {n: (max(1, round(keep * getattr(model, n).out_channels)), max(1, round(keep * getattr(model, n).in_channels)))
-                     for n in default_convs(model)}
-            model = tucker2_factorize(model, ranks=ranks, n_iter=2)
-    else:
-        model = build_model(architecture(name), seed=seed)
-    if "deep_compression" in recipe:  # its own two stages instead of one fit
-        han = HAN[recipe.pop("deep_compression")]
-        prune_and_retrain(model, train, han["amounts"], recipe.pop("rounds"), recipe.pop("epochs"),
-                          recipe.pop("lr"), recipe.pop("weight_decay", 0.0), device=device, seed=seed)
-        share_weights(model, train, han["bits"], device=device, seed=seed)
-        return model.to(device), []
-    if "teacher" in recipe:
-        teacher = load_pretrained(recipe.pop("teacher"), "cpu", directory)
-        recipe["loss_fn"] = distillation_loss_fn(teacher, recipe.pop("T"), recipe.pop("alpha"))
-    if "bn_l1" in recipe:
-        lam, criterion = recipe.pop("bn_l1"), nn.CrossEntropyLoss(label_smoothing=recipe.pop("label_smoothing"))
-        recipe["loss_fn"] = lambda m, x, y: criterion(m(x), y) + lam * bn_l1_penalty(m)
-    history = fit(model, train, recipe.pop("epochs"), recipe.pop("lr"), test_loader=test, seed=seed,
-                  device=device, mixed_precision=bf16_is_fast(device), desc=name,
-                  progress=progress, **recipe)
-    return model, history
+    from . import recipes  # the compression techniques load only when something is trained
+
+    make = recipes.BY_NAME[check_checkpoint_name(name)]
+    recipe = RECIPES[name]
+    if "start_from" in recipe or "teacher" in recipe:
+        return make(seed=seed, device=device, progress=progress, directory=directory)
+    return make(seed=seed, device=device, progress=progress)
 
 
 def retrain(names=None, out_dir: Path = CHECKPOINT_DIR, force: bool = False, seed: int = 0,

@@ -8,6 +8,7 @@ from compresslab.data import dataset_label, load_dataset
 from compresslab.train import evaluate
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(zoo.RECIPES))
 def test_checkpoint_checksum_and_accuracy(name):
     """Each committed checkpoint verifies and reaches its accuracy target on the data it was
@@ -100,6 +101,7 @@ def test_model_options_rebuild_factorized_and_pruned_models(prune_first):
     assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
 
 
+@pytest.mark.slow
 def test_derived_checkpoints_record_their_architecture():
     from compresslab.metrics import flops
     manifest = zoo.read_manifest()
@@ -107,3 +109,16 @@ def test_derived_checkpoints_record_their_architecture():
     base, tucker = zoo.load_pretrained("cifar_cnn", "cpu"), zoo.load_pretrained("cifar_cnn_tucker", "cpu")
     assert flops(base, (3, 32, 32)) / flops(tucker, (3, 32, 32)) > 2  # issue 6: at least 2x fewer FLOPs
     assert zoo.RECIPES["cifar_cnn_pruned_kd"]["teacher"] == "cifar_cnn"
+
+
+def test_importing_compresslab_loads_no_compression_technique():
+    """zoo (imported by compresslab/__init__.py) only loads checkpoints: the techniques and the
+    recipes that train with them are imported when something is trained or compressed."""
+    import subprocess
+    import sys
+    techniques = ["quantization", "pruning", "structured", "distillation", "factorization",
+                  "deep_compression", "recipes"]
+    code = ("import sys, compresslab, compresslab.zoo; "
+            f"print([m for m in {techniques!r} if 'compresslab.' + m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
