@@ -1,5 +1,8 @@
 """Knowledge distillation: a small student learns from a big teacher's outputs and features.
 
+(A little over 350 lines on purpose: its three parts, the loss, the feature hints and the teacher
+computed once, are read in order in notebook 07, and ``distillation_loss_fn`` joins all three.)
+
 **Soft targets** (Hinton, Vinyals & Dean 2015). A softmax at temperature T,
 
     p_i(z; T) = exp(z_i / T) / sum_j exp(z_j / T),
@@ -27,6 +30,8 @@ whatever T is: alpha then means the same thing at T = 2 and at T = 20.
 Features are read with forward hooks (``feature_hooks``): the models stay as they are.
 ``distillation_loss_fn`` puts it all together for ``compresslab.train.fit(..., loss_fn=...)``.
 
+Hinton et al.'s MNIST experiments (dark knowledge, the missing 3s) are in :mod:`compresslab.hinton`.
+
 Production tools: the loss is five lines in any framework; torchdistill and
 Intel's Neural Compressor package these losses with configuration files.
 """
@@ -34,15 +39,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-import numbers
 from typing import Iterable
 
-import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import checks
 from .data import random_crop_flip
 from .train import autocast, bf16_is_fast, get_device, model_device, predict
 
@@ -57,17 +60,15 @@ TEMPERATURES = (0.01, 100.0)
 
 def check_temperature(T: float) -> float:
     low, high = TEMPERATURES
-    if not isinstance(T, numbers.Real) or isinstance(T, bool) or not low <= T <= high:
-        raise ValueError(f"The temperature T must be a positive number between {low:g} and {high:g}, "
-                         f"got {T!r} (T = 1 is the ordinary softmax; Hinton et al. use T between 2 and 20).")
-    return float(T)
+    return checks.number(T, "The temperature T", low, high, example=4,
+                         must=f"be a positive number between {low:g} and {high:g}",
+                         hint="(T = 1 is the ordinary softmax; Hinton et al. use T between 2 and 20.)")
 
 
 def check_alpha(alpha: float) -> float:
-    if not isinstance(alpha, numbers.Real) or isinstance(alpha, bool) or not 0 <= alpha <= 1:
-        raise ValueError(f"alpha weighs the soft targets against the labels and must lie in "
-                         f"[0, 1], got {alpha!r} (alpha = 0: labels only; alpha = 1: teacher only).")
-    return float(alpha)
+    return checks.fraction(alpha, "alpha (the weight of the soft targets against the labels)",
+                           must="lie in [0, 1]", example=0.9,
+                           hint="(alpha = 0: labels only; alpha = 1: teacher only.)")
 
 
 def check_same_classes(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> None:
@@ -75,15 +76,18 @@ def check_same_classes(student_logits: torch.Tensor, teacher_logits: torch.Tenso
     if s != t:
         raise ValueError(f"The student has {s} outputs (classes) but the teacher has {t}: "
                          "distillation compares the two distributions class by class, so both "
-                         "models must predict the same classes.")
+                         "models must predict the same classes (give the student a last layer "
+                         f"with {t} outputs).")
 
 
 def check_batch(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor) -> None:
     """Logits of shape (N, C), the same for both models, N >= 1; labels: N class indices in [0, C)."""
+    for t, name in ((student_logits, "student_logits"), (teacher_logits, "teacher_logits"), (labels, "labels")):
+        checks.tensor(t, name)
     check_same_classes(student_logits, teacher_logits)
     if student_logits.dim() != 2 or student_logits.shape != teacher_logits.shape or len(student_logits) == 0:
         raise ValueError(f"kd_loss needs student and teacher logits of one shape (batch, classes) with at "
-                         f"least one sample, got {tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}.")
+                         f"least one sample, e.g. (256, 10); got {tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}.")
     n, c = student_logits.shape
     if labels.shape != (n,) or labels.is_floating_point() or labels.dtype == torch.bool:
         raise ValueError(f"labels must be {n} integer class indices, shape ({n},), got shape "
@@ -91,6 +95,14 @@ def check_batch(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labe
     if ((labels < 0) | (labels >= c)).any():
         raise ValueError(f"labels must be class indices in [0, {c - 1}], got values from "
                          f"{int(labels.min())} to {int(labels.max())}.")
+
+def check_class(cls, n: int, where: str = "the model") -> int:
+    """A class index in [0, n)."""
+    must = f"be a class index in [0, {n - 1}]"
+    checks.integer(cls, "cls", must=must, example=3)
+    if not 0 <= cls < n:
+        raise ValueError(f"Class {cls} does not exist: {where} has {n} classes; cls must {must}, e.g. 3.")
+    return int(cls)
 
 # ---------------------------------------------------------------- 1. soft targets and the KD loss
 
@@ -179,6 +191,8 @@ def cosine_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor) -> torch
 
 
 def check_feature_shapes(student_feat: torch.Tensor, teacher_feat: torch.Tensor) -> None:
+    checks.tensor(student_feat, "student_feat")
+    checks.tensor(teacher_feat, "teacher_feat")
     if student_feat.shape != teacher_feat.shape:
         raise ValueError(f"Student features {tuple(student_feat.shape)} and teacher features "
                          f"{tuple(teacher_feat.shape)} differ in shape: train a projection "
@@ -247,21 +261,30 @@ def distillation_loss_fn(teacher, T: float = 4.0, alpha: float = 0.9, *,
     computed once.
     """
     T, alpha = check_temperature(T), check_alpha(alpha)
-    if feature_loss not in FEATURE_LOSSES:
-        raise ValueError(f"Unknown feature loss {feature_loss!r}: use one of {FEATURE_LOSSES}.")
-    if not (isinstance(beta, numbers.Real) and 0 <= beta < math.inf):
-        raise ValueError(f"beta (the weight of the feature loss) must be a finite number >= 0, got {beta!r}.")
-    if hint is not None and (len(hint) != 2 or not all(isinstance(n, str) for n in hint)):
-        raise ValueError(f"hint must be a pair of layer names (student_layer, teacher_layer), got {hint!r}.")
+    checks.one_of(feature_loss, "feature_loss", FEATURE_LOSSES, "(Unknown feature loss.)")
+    checks.number(beta, "beta (the weight of the feature loss)", 0, math.inf, high_open=True,
+                  must="be a finite number >= 0", example=1.0)
+    if hint is not None:
+        must = "be a pair of layer names (student_layer, teacher_layer)"
+        if isinstance(hint, str) or not isinstance(hint, (tuple, list)) or not all(isinstance(n, str) for n in hint):
+            raise TypeError(checks.message("hint", must, hint, '("relu4", "relu4")'))
+        if len(hint) != 2:
+            raise ValueError(checks.message("hint", must, hint, '("relu4", "relu4")'))
     if isinstance(teacher, CachedTeacher) and hint and hint[1] != teacher.hint_layer:
         raise ValueError(f"The cached teacher holds the features of layer {teacher.hint_layer!r}, "
                          f"not {hint[1]!r}: build it with hint_layer={hint[1]!r}.")
     compare = hint_loss if feature_loss == "mse" else cosine_loss
 
-    def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, teacher_logits=None,
+                teacher_feat=None) -> torch.Tensor:
         student, projection = ((model.student, model.projection) if isinstance(model, HintStudent)
                                else (model, nn.Identity()))
-        teacher_logits, teacher_feat = teacher_outputs(teacher, x, hint and hint[1])
+        if isinstance(teacher, CachedTeacher):  # its loader's batches carry the teacher's outputs
+            if teacher_logits is None:
+                raise ValueError("A CachedTeacher's outputs come with its own batches: train on "
+                                 "cache.loader(...), whose batches are (x, y, teacher_logits, teacher_features).")
+        else:
+            teacher_logits, teacher_feat = teacher_outputs(teacher, x, hint and hint[1])
         with feature_hooks(student, [hint[0]] if hint else []) as s_feats:
             student_logits = student(x)
         loss = kd_loss(student_logits, teacher_logits, y, T, alpha)
@@ -273,10 +296,8 @@ def distillation_loss_fn(teacher, T: float = 4.0, alpha: float = 0.9, *,
 
 
 @torch.no_grad()
-def teacher_outputs(teacher, x: torch.Tensor, layer: str | None = None):
+def teacher_outputs(teacher: nn.Module, x: torch.Tensor, layer: str | None = None):
     """(logits, features of ``layer`` or None) of the teacher on a batch, without gradients."""
-    if isinstance(teacher, CachedTeacher):
-        return teacher.batch_outputs(x)
     if model_device(teacher) != x.device:
         teacher.to(x.device)
     teacher.eval()  # in case something switched it to training mode (dropout, BatchNorm)
@@ -299,14 +320,16 @@ class CachedTeacher:
     ("consistent teaching", Beyer et al. 2022) and no teacher runs during training. The cost
     is memory: ``epochs`` copies of the images plus float16 logits and features.
 
-    The loader hands each batch's teacher outputs to the loss through this object
-    (``batch_outputs``): ``fit`` computes the loss of a batch right after the loader yields it.
+    **How a batch gets its teacher outputs.** They travel with it: ``loader`` yields
+    ``(x, y, teacher_logits, teacher_features)`` (features None without a ``hint_layer``), and
+    ``fit`` hands the extras to ``loss_fn(model, x, y, teacher_logits, teacher_features)``. No
+    state is shared between the loader and the loss, so a loader that prefetches batches ahead
+    cannot pair one batch with another's outputs.
     """
 
     def __init__(self, teacher: nn.Module, ds, epochs: int, hint_layer: str | None = None,
                  batch_size: int = 500, seed: int = 0, device=None):
-        if epochs < 1:
-            raise ValueError(f"epochs must be at least 1, got {epochs}.")
+        checks.integer(epochs, "epochs", 1, must="be at least 1", example=10)
         device = get_device(device)
         cifar = ds.name == "cifar10"
         g = torch.Generator().manual_seed(seed)
@@ -332,16 +355,9 @@ class CachedTeacher:
             self.features.append(torch.cat(feats).contiguous() if hint_layer else None)
         if nhwc:
             teacher.to(memory_format=torch.contiguous_format)
-        self.current = None
 
     def loader(self, batch_size: int = 256, seed: int = 0, device="cpu"):
         return _CachedLoader(self, batch_size, seed, torch.device(device))
-
-    def batch_outputs(self, x: torch.Tensor):
-        if self.current is None:
-            raise RuntimeError("No batch yet: train on CachedTeacher.loader(...) batches.")
-        logits, feats = self.current
-        return logits.to(x.device).float(), None if feats is None else feats.to(x.device).float()
 
     def accuracy(self) -> float:
         """The teacher's accuracy (%) on its own augmented copies: how good its targets are."""
@@ -365,93 +381,6 @@ class _CachedLoader:
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
             feats = None if c.features[e] is None else c.features[e][idx]
-            c.current = (c.logits[e][idx], feats)
-            yield c.ds.normalize(c.images[e][idx]).to(self.device), c.y[idx].to(self.device)
-        c.current = None
-
-# ---------------------------------------------------------------- 4. Hinton et al.'s MNIST experiments
-
-
-def class_similarity(logits: torch.Tensor, labels: torch.Tensor, T: float = 4.0,
-                     num_classes: int | None = None) -> torch.Tensor:
-    """Row c: the mean of softmax(z / T) over the samples whose true class is c.
-
-    The off-diagonal entries are the dark knowledge: which classes the teacher finds alike
-    (on MNIST, 4 and 9, 3 and 5, 7 and 9). Get the logits with ``train.predict(teacher, loader)``.
-    """
-    p = soft_targets(logits, T)
-    k = num_classes or p.shape[1]
-    labels = labels.to(p.device)
-    sums = torch.zeros(k, p.shape[1], device=p.device).index_add_(0, labels, p)
-    counts = torch.bincount(labels, minlength=k).clamp(min=1).unsqueeze(1)
-    return sums / counts
-
-
-def final_linear(model: nn.Module) -> nn.Linear:
-    """The last ``nn.Linear`` of a model: the layer whose bias shifts the logits."""
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise ValueError("The model has no nn.Linear layer whose bias could be raised.")
-    return linears[-1]
-
-
-def raise_class_bias(model: nn.Module, cls: int, delta: float) -> nn.Module:
-    """Add ``delta`` to the final layer's bias of class ``cls`` (in place): z_cls -> z_cls + delta.
-
-    Hinton et al.'s fix for a student that never saw a "3" in its transfer set: it learned
-    what 3s look like from the soft targets, but too little prior for the class itself.
-    """
-    fc = final_linear(model)
-    if fc.bias is None:
-        raise ValueError("The final linear layer has no bias to raise; build it with bias=True.")
-    if not 0 <= cls < fc.out_features:
-        raise ValueError(f"Class {cls} does not exist: the model has {fc.out_features} classes.")
-    with torch.no_grad():
-        fc.bias[cls] += delta
-    return model
-
-
-def bias_sweep(model: nn.Module, loader, cls: int, deltas=None) -> pd.DataFrame:
-    """Accuracy (overall and on class ``cls``) for each bias increase delta, on a loader.
-
-    Adding delta to a bias adds delta to that logit, so one pass of ``predict`` serves every
-    delta. One row per delta: delta, accuracy, class_accuracy, errors, class_errors.
-    """
-    deltas = np.arange(0, 10.01, 0.25) if deltas is None else deltas
-    logits, labels = predict(model, loader)
-    if not 0 <= cls < logits.shape[1]:
-        raise ValueError(f"Class {cls} does not exist: the model has {logits.shape[1]} classes.")
-    is_cls, rows = labels == cls, []
-    for d in deltas:
-        shifted = logits.clone()
-        shifted[:, cls] += float(d)
-        right = shifted.argmax(1) == labels
-        rows.append({"delta": float(d), "accuracy": 100.0 * right.float().mean().item(),
-                     "class_accuracy": 100.0 * right[is_cls].float().mean().item() if is_cls.any() else float("nan"),
-                     "errors": int((~right).sum()), "class_errors": int((~right & is_cls).sum())})
-    return pd.DataFrame(rows)
-
-
-def best_bias_delta(model: nn.Module, loader, cls: int, deltas=None) -> float:
-    """The delta of ``bias_sweep`` with the highest overall accuracy (the smallest on ties).
-
-    Choose it on a validation loader, not on the test set you report (Hinton et al. picked
-    theirs, 3.5, on the test set).
-    """
-    table = bias_sweep(model, loader, cls, deltas)
-    return float(table.loc[table["accuracy"].idxmax(), "delta"])
-
-
-def transfer_set_without(ds, cls: int, batch_size: int = 128, augment: bool = False,
-                         seed: int = 0, device="cpu"):
-    """A training loader of ``ds`` with every sample of class ``cls`` left out.
-
-    The "missing 3s" experiment: the student never sees a 3, and learns about them only
-    through the teacher's soft targets on the other digits.
-    """
-    from .data import Loader
-
-    if not 0 <= cls < len(ds.classes):
-        raise ValueError(f"Class {cls} does not exist: {ds.name} has {len(ds.classes)} classes.")
-    keep = ds.y_train != cls
-    return Loader(ds, ds.x_train[keep], ds.y_train[keep], batch_size, True, augment, seed, device)
+            x, y = c.ds.normalize(c.images[e][idx]).to(self.device), c.y[idx].to(self.device)
+            logits = c.logits[e][idx].to(self.device).float()
+            yield x, y, logits, None if feats is None else feats.to(self.device).float()

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from compresslab import distillation as kd
+from compresslab import hinton
 from compresslab import zoo
 from compresslab.data import Dataset
 from compresslab.metrics import count_parameters
@@ -77,12 +78,13 @@ def test_soft_targets_soften_with_temperature():
     assert p1[0, 0] > 0.9 and p20[0, 0] < 0.4 and p20[0, 2] > 0.28
 
 
-@pytest.mark.parametrize("T", [0, -1.0, float("nan"), float("inf"), "4"])
-def test_bad_temperature(T):
+@pytest.mark.parametrize("T,error", [(0, ValueError), (-1.0, ValueError), (float("nan"), ValueError),
+                                     (float("inf"), ValueError), ("4", TypeError), (True, TypeError)])
+def test_bad_temperature(T, error):
     s, t, y = logits_and_labels()
-    with pytest.raises(ValueError, match="temperature T must be a positive number"):
+    with pytest.raises(error, match="temperature T must be a positive number"):
         kd.kd_loss(s, t, y, T=T, alpha=0.5)
-    with pytest.raises(ValueError, match="temperature"):
+    with pytest.raises(error, match="temperature"):
         kd.distillation_loss_fn(nn.Linear(2, 2), T=T)
 
 
@@ -201,7 +203,7 @@ def test_same_width_needs_no_projection_and_other_widths_need_one():
 def test_class_similarity_is_the_mean_soft_target_per_true_class():
     logits = torch.tensor([[2.0, 0.0, 0.0], [4.0, 1.0, 0.0], [0.0, 3.0, 1.0]])
     labels = torch.tensor([0, 0, 1])
-    sim = kd.class_similarity(logits, labels, T=2.0)
+    sim = hinton.class_similarity(logits, labels, T=2.0)
     p = torch.softmax(logits / 2, 1)
     torch.testing.assert_close(sim[0], (p[0] + p[1]) / 2)
     torch.testing.assert_close(sim[1], p[2])
@@ -221,12 +223,12 @@ def test_raise_class_bias_shifts_one_logit():
     model = identity_classifier()
     x = torch.randn(5, 10)
     before = model(x).detach()
-    kd.raise_class_bias(model, 3, 2.5)
+    hinton.raise_class_bias(model, 3, 2.5)
     diff = model(x).detach() - before
     torch.testing.assert_close(diff[:, 3], torch.full((5,), 2.5))
     assert torch.equal(diff[:, [0, 1, 2, 4, 5, 6, 7, 8, 9]], torch.zeros(5, 9))
     with pytest.raises(ValueError, match="Class 10 does not exist.*10 classes"):
-        kd.raise_class_bias(model, 10, 1.0)
+        hinton.raise_class_bias(model, 10, 1.0)
 
 
 def test_best_bias_delta_recovers_the_missing_class():
@@ -239,10 +241,10 @@ def test_best_bias_delta_recovers_the_missing_class():
         else:
             x[i, c], x[i, 3] = 3.0, 0.5
     loader = [(x[:10], y[:10]), (x[10:], y[10:])]
-    table = kd.bias_sweep(identity_classifier(), loader, cls=3)
+    table = hinton.bias_sweep(identity_classifier(), loader, cls=3)
     assert table.loc[table.delta == 0, "class_errors"].item() == 2
     assert table.loc[table.delta == 0, "accuracy"].item() == pytest.approx(90.0)
-    assert kd.best_bias_delta(identity_classifier(), loader, cls=3) == 1.25
+    assert hinton.best_bias_delta(identity_classifier(), loader, cls=3) == 1.25
     assert table.loc[table.delta == 3.0, "errors"].item() == 18
 
 
@@ -250,7 +252,7 @@ def test_transfer_set_without_a_class():
     g = torch.Generator().manual_seed(0)
     ds = Dataset("mnist", torch.randint(0, 255, (50, 1, 28, 28), dtype=torch.uint8, generator=g),
                  torch.arange(50) % 10, torch.zeros(1, 1, 28, 28, dtype=torch.uint8), torch.zeros(1, dtype=torch.long))
-    labels = torch.cat([y for _, y in kd.transfer_set_without(ds, 3, batch_size=16)])
+    labels = torch.cat([y for _, y in hinton.transfer_set_without(ds, 3, batch_size=16)])
     assert len(labels) == 45 and not (labels == 3).any()
 
 # ---------------------------------------------------------------- the MNIST teacher and student
@@ -297,8 +299,7 @@ def test_cached_teacher_serves_what_the_teacher_says_on_the_same_images():
     loader = cache.loader(batch_size=8, seed=0)
     seen = 0
     for epoch in range(3):  # the third epoch reuses the first copy
-        for x, y in loader:
-            logits, feats = cache.batch_outputs(x)
+        for x, y, logits, feats in loader:  # the teacher's outputs travel with their batch
             with torch.no_grad(), kd.feature_hooks(teacher, ["relu1"]) as f:
                 expected = teacher(x)
             # stored in float16 (computed under bf16 autocast where the CPU has it): close, not equal
@@ -306,8 +307,8 @@ def test_cached_teacher_serves_what_the_teacher_says_on_the_same_images():
             torch.testing.assert_close(feats, f["relu1"], atol=0.05, rtol=0.05)
             seen += len(y)
     assert seen == 3 * len(ds.y_train) and len(loader) == 3
-    with pytest.raises(RuntimeError, match="No batch yet"):
-        cache.batch_outputs(torch.zeros(1))
+    no_hint = kd.CachedTeacher(teacher, ds, epochs=1, batch_size=10, device="cpu")
+    assert next(iter(no_hint.loader(batch_size=8)))[3] is None
 
 
 def test_training_on_a_cached_teacher_equals_training_on_its_outputs():
@@ -318,13 +319,49 @@ def test_training_on_a_cached_teacher_equals_training_on_its_outputs():
     cache = kd.CachedTeacher(teacher, ds, epochs=1, hint_layer="relu1", device="cpu")
     student = kd.with_hint_projection(small_cnn(4), teacher, "relu1", "relu1", torch.randn(2, 3, 32, 32))
     loss_fn = kd.distillation_loss_fn(cache, T=4, alpha=0.5, hint=("relu1", "relu1"), beta=2.0)
-    x, y = next(iter(cache.loader(batch_size=8)))  # the loader hands this batch's outputs to the cache
-    logits, feats = cache.batch_outputs(x)
+    x, y, logits, feats = next(iter(cache.loader(batch_size=8)))
     with kd.feature_hooks(student.student, ["relu1"]) as fs:
         z = student(x)
     expected = kd.kd_loss(z, logits, y, 4, 0.5) + 2.0 * kd.hint_loss(student.projection(fs["relu1"]), feats)
-    torch.testing.assert_close(loss_fn(student, x, y), expected)
+    torch.testing.assert_close(loss_fn(student, x, y, logits, feats), expected)
+    with pytest.raises(ValueError, match="come with its own batches"):
+        loss_fn(student, x, y)  # a plain (x, y) batch: the cache cannot guess whose outputs to use
     with pytest.raises(ValueError, match="holds the features of layer 'relu1', not 'bn1'"):
         kd.distillation_loss_fn(cache, hint=("relu1", "bn1"))
     with pytest.raises(ValueError, match="epochs must be at least 1"):
         kd.CachedTeacher(teacher, ds, epochs=0)
+
+
+class RunAhead:
+    """A loader that prefetches: it draws ``lead`` batches before handing out the first one."""
+
+    def __init__(self, loader, lead=2):
+        self.loader, self.lead = loader, lead
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        pending = []
+        for batch in self.loader:
+            pending.append(batch)
+            if len(pending) > self.lead:
+                yield pending.pop(0)
+        yield from pending
+
+
+def test_fit_on_a_prefetching_cached_loader_trains_as_on_the_plain_one():
+    ds = tiny_cifar(16)
+    torch.manual_seed(0)
+    teacher = small_cnn(8).eval()
+    cache = kd.CachedTeacher(teacher, ds, epochs=2, device="cpu")
+    loss_fn = kd.distillation_loss_fn(cache, T=4, alpha=0.5)
+    students = []
+    for wrap in (lambda loader: loader, RunAhead):
+        torch.manual_seed(1)
+        student = small_cnn(4)
+        fit(student, wrap(cache.loader(batch_size=4, seed=0)), 2, lr=0.05, loss_fn=loss_fn, progress=False,
+            device="cpu")
+        students.append(student.state_dict())
+    for key in students[0]:
+        torch.testing.assert_close(students[0][key], students[1][key], rtol=0, atol=0)
