@@ -21,6 +21,9 @@ from pathlib import Path
 def cmd_doctor(args) -> int:
     from . import doctor
 
+    if args.pin:
+        print(doctor.pinned_constraints(), end="")
+        return 0
     return doctor.main()
 
 
@@ -98,8 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("doctor", help="check this machine before a lab: versions, data, checkpoints; "
-                   "every problem with its fix").set_defaults(run=cmd_doctor)
+    doc = sub.add_parser("doctor", help="check this machine before a lab: versions, data, checkpoints; "
+                         "every problem with its fix")
+    doc.add_argument("--pin", action="store_true",
+                     help="print the installed versions as constraints.txt (the set the suite passed with)")
+    doc.set_defaults(run=cmd_doctor)
 
     d = sub.add_parser("datasets", help="prepare and describe the dataset caches")
     d.add_argument("--import", dest="import_file", type=Path, help="an .npz to copy into data/")

@@ -88,6 +88,74 @@ def check_packages(reqs: list[Requirement], dev: list[Requirement] = ()) -> list
     return ok + problems
 
 
+CONSTRAINTS = data.ROOT / "constraints.txt"
+
+
+def dependency_closure(reqs: list[Requirement]) -> dict[str, str]:
+    """Name -> installed version of every distribution that ``reqs`` need, directly or not."""
+    from packaging.utils import canonicalize_name
+
+    pins, todo = {}, [(r, "") for r in reqs]
+    while todo:
+        req, extra = todo.pop()
+        if req.marker is not None and not req.marker.evaluate({"extra": extra}):
+            continue
+        name = canonicalize_name(req.name)
+        if name in pins:
+            continue
+        try:
+            dist = metadata.distribution(req.name)
+        except metadata.PackageNotFoundError:
+            continue
+        pins[name] = dist.version
+        todo += [(Requirement(r), e) for r in dist.requires or [] for e in ("", *req.extras)]
+    return dict(sorted(pins.items()))
+
+
+def pinned_constraints() -> str:
+    """constraints.txt: the versions installed here, the set the suite last passed with.
+    Pinned only for this Python minor version: elsewhere pip resolves freely within pyproject's floors."""
+    _, reqs, dev = requirements()
+    python = ".".join(platform.python_version_tuple()[:2])
+    lines = [f'{name}=={version}; python_version == "{python}"'
+             for name, version in dependency_closure(reqs + dev).items() if name != "compresslab"]
+    return ("# The package versions `make test` last passed with (`python -m compresslab doctor --pin`).\n"
+            "# `make setup` installs with these; pin a class to them with pip's -c constraints.txt.\n"
+            + "\n".join(lines) + "\n")
+
+
+def read_constraints(path: Path = CONSTRAINTS) -> dict[str, str]:
+    """The pins of constraints.txt that apply to this Python."""
+    pins = {}
+    for line in path.read_text().splitlines() if path.exists() else []:
+        if line.strip() and not line.startswith("#"):
+            req = Requirement(line)
+            if req.marker is None or req.marker.evaluate():
+                pins[req.name] = str(req.specifier).removeprefix("==")
+    return pins
+
+
+def check_constraints(path: Path = CONSTRAINTS) -> Finding:
+    """Are the installed versions the ones the suite was last run with?"""
+    pins = read_constraints(path)
+    if not pins:
+        return Finding("note", "no tested versions pinned for this Python: versions resolved within pyproject.toml")
+    off = [f"{n} {metadata.version(n)} (tested {v})" for n, v in pins.items()
+           if _installed(n) and metadata.version(n) != v]
+    if not off:
+        return Finding("ok", f"the {len(pins)} package versions the suite was last run with (constraints.txt)")
+    return Finding("warn", f"{len(off)} packages differ from the tested versions: {', '.join(off[:4])}"
+                           f"{' ...' if len(off) > 4 else ''}", 'pip install -c constraints.txt -e ".[dev]"')
+
+
+def _installed(name: str) -> bool:
+    try:
+        metadata.version(name)
+        return True
+    except metadata.PackageNotFoundError:
+        return False
+
+
 def check_torch() -> list[Finding]:
     """torch and torchvision import together; the hardware torch will use."""
     try:
@@ -101,8 +169,10 @@ def check_torch() -> list[Finding]:
     device = get_device()
     name = {"cuda": lambda: f"CUDA, {torch.cuda.get_device_name(0)}", "mps": lambda: "Apple MPS",
             "cpu": lambda: "no GPU or MPS: CPU only, which every notebook is sized for"}[device.type]()
+    from .hardware import summary
+    # The CPU decides which int8 and bf16 kernels run, so speed-ups differ between machines.
     return [Finding("note", f"{os.cpu_count()} CPU cores, torch uses {torch.get_num_threads()} threads; "
-                            f"device: {name}")]
+                            f"device: {name}"), Finding("note", summary())]
 
 
 def reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
@@ -183,7 +253,8 @@ def check_kernel() -> Finding:
 
 def diagnose() -> list[Finding]:
     requires, reqs, dev = requirements()
-    findings = [check_python(requires), *check_packages(reqs, dev), *check_torch(), check_kernel()]
+    findings = [check_python(requires), *check_packages(reqs, dev), check_constraints(), *check_torch(),
+                check_kernel()]
     findings += [check_dataset(name) for name in data.STATS]
     findings += [check_writable(data.DATA_DIR), *check_checkpoints()]
     return findings

@@ -4,7 +4,9 @@ One plain loop, written out so that a student can read it: for each batch,
 forward -> loss -> backward -> optimizer step -> learning-rate step. Later notebooks plug
 into it through two arguments instead of copying it:
 
-* ``loss_fn(model, x, y) -> loss``  e.g. a distillation loss that also runs a teacher;
+* ``loss_fn(model, x, y, *extra) -> loss``  e.g. a distillation loss that also runs a teacher;
+  a loader may yield ``(x, y, *extra)``, and the extras travel with their batch to ``loss_fn``
+  (a cached teacher's outputs for exactly these samples);
 * ``after_step(step)``              e.g. re-applying a pruning mask or a gradual schedule.
 """
 from __future__ import annotations
@@ -20,6 +22,30 @@ import pandas as pd
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+
+
+def progress_bar(total: int, desc: str, enabled: bool = True):
+    """A tqdm bar and a ``done(summary)`` to call at the end.
+
+    In Jupyter the bar is a widget while it runs and is then replaced by the one-line ``summary``:
+    a saved notebook would otherwise keep the widget's text fallback, a bar stalled at 0%.
+    In a terminal it is a text bar, erased at the end."""
+    try:
+        from tqdm.notebook import tqdm as notebook_tqdm
+    except ImportError:  # no ipywidgets: tqdm.auto is the text bar
+        notebook_tqdm = None
+    if enabled and notebook_tqdm is not None and issubclass(tqdm, notebook_tqdm):
+        from IPython.display import display
+
+        bar = notebook_tqdm(total=total, desc=desc, leave=False, display=False)
+        handle = display(bar.container, display_id=True)
+
+        def done(summary: str) -> None:
+            bar.close()
+            handle.update({"text/plain": summary}, raw=True)
+        return bar, done
+    bar = tqdm(total=total, desc=desc, disable=not enabled, leave=False)
+    return bar, lambda summary: bar.close()
 
 
 def get_device(prefer: str | None = None) -> torch.device:
@@ -102,7 +128,18 @@ def fit(model: nn.Module, train_loader, epochs: int, lr: float = 0.05, *,
         loss_fn: Callable | None = None, after_step: Callable[[int], None] | None = None,
         mixed_precision: bool = False, device: torch.device | str | None = None,
         progress: bool = True, desc: str = "train") -> pd.DataFrame:
-    """Train with SGD + Nesterov momentum (or ``optimizer="adam"``); return the history.
+    """Train ``model`` in place with SGD + Nesterov momentum (or ``optimizer="adam"``).
+
+    Seeds torch's, NumPy's and Python's global RNGs with ``seed`` (``seed_everything``) before
+    the first batch, and leaves the model in eval mode; returns the history (a DataFrame).
+
+    * The reseeding replaces the random state you had, it does not continue it: the same model,
+      loader and ``seed`` give the same weights whatever ran before, and the global state after
+      ``fit`` is what ``seed`` and the training left (dropout draws from it; the data loader has
+      its own generator), not the one you had before the call.
+    * Eval mode (``model.training`` is False: dropout off, BatchNorm on its running statistics)
+      even if the model came in training mode; call ``model.train()`` to go on training it in
+      a loop of your own.
 
     The SGD update is w <- w - lr_t * (m_t + wd * w) with momentum m; ``lr_t`` follows
     ``schedule``. One row per epoch: epoch, lr, train_loss, seconds, test_loss, test_acc.
@@ -130,17 +167,19 @@ def fit(model: nn.Module, train_loader, epochs: int, lr: float = 0.05, *,
             return criterion(m(x), y)
 
     total, step, rows, last_test = epochs * len(train_loader), 0, [], {}
-    bar = tqdm(total=total, desc=desc, disable=not progress, leave=False)
+    bar, done = progress_bar(total, desc, progress)
+    started = time.perf_counter()
     for epoch in range(1, epochs + 1):
         start, loss_sum, n = time.perf_counter(), 0.0, 0
-        for x, y in train_loader:
+        for x, y, *extra in train_loader:
             x, y = x.to(device), y.to(device)
+            extra = [e.to(device) if isinstance(e, torch.Tensor) else e for e in extra]
             if nhwc:
                 x = x.contiguous(memory_format=torch.channels_last)
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, total, lr, schedule)
             with autocast(device, mixed_precision):
-                loss = loss_fn(model, x, y)
+                loss = loss_fn(model, x, y, *extra)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -159,7 +198,12 @@ def fit(model: nn.Module, train_loader, epochs: int, lr: float = 0.05, *,
             last_test = {"test_acc": f"{res['accuracy']:.2f}%"}
             model.train()
         rows.append(row)
-    bar.close()
+    summary = f"{desc}: {epochs} epochs, {step} steps in {time.perf_counter() - started:.1f} s"
+    if rows:
+        summary += f", train loss {rows[-1]['train_loss']:.3f}"
+        if "test_acc" in rows[-1]:
+            summary += f", test accuracy {rows[-1]['test_acc']:.2f}%"
+    done(summary)
     if nhwc:  # leave the model in the layout it came in: latency comparisons stay fair
         model.to(memory_format=torch.contiguous_format)
     model.eval()

@@ -126,7 +126,12 @@ def explore(draw, figsize=(11, 3.6), **sliders):
 
     fig = plt.figure(figsize=figsize)
     draw(fig, **values())
-    display(widgets.HBox(list(sliders.values())))
+    # The sliders are shown without their text fallback: a saved copy of the notebook, opened
+    # before its kernel runs, would print "HBox(children=(...))" above the default figure.
+    controls = widgets.HBox(list(sliders.values()))
+    bundle = controls._repr_mimebundle_()
+    bundle = bundle[0] if isinstance(bundle, tuple) else bundle
+    display({**bundle, "text/plain": ""}, raw=True)
     handle = display(fig, display_id=True)  # None outside IPython
     plt.close(fig)  # shown once, by the handle, not again at the end of the cell
 

@@ -109,6 +109,7 @@ def test_import_npz_never_overwrites(isolated_data):
     data.import_npz(src, "mnist", force=True)
 
 
+@pytest.mark.slow
 def test_normalization_statistics_of_real_data():
     """The normalized training set has per-channel mean ~0 and std ~1."""
     for name in ("mnist", "cifar10"):

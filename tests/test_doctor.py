@@ -1,6 +1,8 @@
 """`python -m compresslab doctor`: each check finds what it is meant to find, with a fix."""
 import shutil
 
+import pytest
+
 from packaging.requirements import Requirement
 
 from compresslab import __main__ as cli
@@ -8,6 +10,7 @@ from compresslab import data, doctor, zoo
 from tests.conftest import fake_arrays
 
 
+@pytest.mark.slow
 def test_doctor_passes_on_this_machine_without_touching_the_network(no_network, capsys):
     assert cli.main(["doctor"]) == 0
     out = capsys.readouterr().out
@@ -84,3 +87,25 @@ def test_exit_code_is_one_when_the_workbook_cannot_run(isolated_data, no_network
     assert doctor.main() == 1
     out = capsys.readouterr().out
     assert "FAIL  mnist" in out and "fix: copy mnist.npz" in out and "cannot run" in out
+
+
+def test_constraints_pin_every_dependency_and_match_what_is_installed():
+    """constraints.txt is the tested set (`make setup` installs it): complete, and what runs here."""
+    from packaging.utils import canonicalize_name
+
+    _, reqs, dev = doctor.requirements()
+    pins = doctor.read_constraints()
+    if not pins:
+        pytest.skip("constraints.txt pins no versions for this Python")
+    missing = [r.name for r in reqs + dev if r.marker is None and canonicalize_name(r.name) not in pins]
+    assert not missing, "regenerate: python -m compresslab doctor --pin > constraints.txt"
+    finding = doctor.check_constraints()
+    assert finding.status == "ok", f"{finding.what}; fix: {finding.fix}"
+
+
+def test_constraints_check_names_a_package_off_its_pin(tmp_path):
+    pinned = tmp_path / "constraints.txt"
+    pinned.write_text('# tested\npytest==0.0.1; python_version >= "3"\nnot-installed-pkg==1.0\n')
+    finding = doctor.check_constraints(pinned)
+    assert finding.status == "warn" and "pytest" in finding.what and "tested 0.0.1" in finding.what
+    assert "constraints.txt" in finding.fix

@@ -71,3 +71,14 @@ def test_each_notebook_states_its_measured_run_time():
         assert stated, f"{path.name}: the first cell should say '**Run time**: about N minutes'"
         assert abs(float(stated[1]) - measured[path.stem]) <= 0.35 * measured[path.stem], \
             f"{path.name} says about {stated[1]} min, the README measured {measured[path.stem]} min"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_saved_outputs_show_no_widget_text_or_stalled_progress_bars(path):
+    """Opened before its kernel runs, a committed notebook shows finished work: no
+    "HBox(children=...)" text above an explorer's figure, no training bar stuck at 0%."""
+    for i, cell in enumerate(code_cells(path)):
+        for out in cell.outputs:
+            text = out.get("data", {}).get("text/plain", "") if "data" in out else out.get("text", "")
+            assert "children=(" not in text, f"{path.name} code cell {i} saved a widget's text fallback"
+            assert not re.search(r"(^|\s)0%\|", text), f"{path.name} code cell {i} saved a stalled progress bar"

@@ -4,6 +4,7 @@ from compresslab import report
 from compresslab.__main__ import main
 
 
+@pytest.mark.slow
 def test_readme_results_table_is_what_the_report_computes():
     """README.md's results table = `python -m compresslab report` on the committed checkpoints
     (all columns but the latency, which moves from run to run)."""
