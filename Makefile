@@ -28,7 +28,7 @@ setup:
 	  rm -f $(SETUP_LOG); \
 	else \
 	  echo "setup: the offline install found packages missing:"; \
-	  grep -m1 -E "ERROR|No matching distribution" $(SETUP_LOG) | sed 's/^/  /'; \
+	  grep -E "(ERROR|error): " $(SETUP_LOG) | grep -vE "subprocess-exited|metadata-generation" | head -2 | sed 's/^ */  /'; \
 	  echo "setup: installing from the package index instead (a first install downloads PyTorch:"; \
 	  echo "       about 5 GB with CUDA; a CPU-only machine can first install the CPU build, see README)."; \
 	  $(PYTHON) -m pip install --quiet -c constraints.txt -e ".[dev]" && rm -f $(SETUP_LOG); \

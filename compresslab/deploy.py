@@ -77,7 +77,20 @@ def export_onnx(model: nn.Module, path: str | Path, input_shape, check_int8: boo
     else:  # older torch: the TorchScript-based exporter
         torch.onnx.export(plain, (x,), str(path), **names,
                           dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    strip_debug_metadata(path)
     return path
+
+
+def strip_debug_metadata(path: Path) -> None:
+    """Drop the exporter's per-node debugging notes (Python stack traces with this machine's file
+    paths, FX node names): the file then holds the model alone, and its size is the same in every
+    folder and on every machine."""
+    import onnx
+
+    model = onnx.load(str(path))
+    for node in model.graph.node:
+        del node.metadata_props[:]
+    onnx.save(model, str(path))
 
 
 def calibration_arrays(calibration, batches: int | None = None) -> list:

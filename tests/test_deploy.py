@@ -63,3 +63,12 @@ def test_int8_cifar_cnn_is_within_half_a_point_of_fp32_on_this_cpu(tmp_path):
     agree = (q_logits.argmax(1) == ref_logits.argmax(1)).float().mean().item()
     assert abs(acc_int8 - acc_fp32) <= 0.5, f"int8 {acc_int8:.2f}% vs fp32 {acc_fp32:.2f}% ({hardware.summary()})"
     assert agree >= 0.98, f"int8 agrees with fp32 on {agree:.1%} of labels ({hardware.summary()})"
+
+
+def test_exported_file_holds_no_paths_of_this_machine(tmp_path):
+    """The exporter's stack traces name local files: the size of a model would depend on the folder."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 10)).eval()
+    path = deploy.export_onnx(model, tmp_path / "m.onnx", (3, 8, 8))
+    raw = path.read_bytes()
+    assert b".py" not in raw and str(tmp_path).encode() not in raw
+    assert not any(n.metadata_props for n in onnx.load(str(path)).graph.node)
