@@ -25,6 +25,7 @@ Techniques:
 * :mod:`compresslab.coding`   Huffman coding and relative indices for sparse positions
 * :mod:`compresslab.deep_compression`  Deep Compression's pipeline and the bytes of each stage
 * :mod:`compresslab.deploy`   ONNX export and real int8 with ONNX Runtime
+* :mod:`compresslab.integer`  integer-only inference: BN folding, fixed-point requantization, int8 conv / linear bit-exact with ONNX Runtime
 
 Yardsticks, plots and tools:
 

@@ -83,7 +83,7 @@ def bench_int8(rounds: int = 5) -> dict[str, float]:
         test = ds.loader("test", 1000)
         acc = {name: evaluate(m, test)["accuracy"] for name, m in models.items()}
         speed = metrics.speed_table(models, (3, 32, 32), (1, 256), rounds).set_index(["model", "batch"])["best ms"]
-    print(f"file: fp32 {sizes['ORT fp32'] / 1024:.0f} KB, int8 {sizes['ORT int8'] / 1024:.0f} KB "
+    print(f"file: fp32 {sizes['ORT fp32'] / 1000:.0f} KB, int8 {sizes['ORT int8'] / 1000:.0f} KB "
           f"({sizes['ORT fp32'] / sizes['ORT int8']:.1f}x smaller)")
     print("accuracy: " + ", ".join(f"{n} {a:.2f}%" for n, a in acc.items()))
     for b in (1, 256):

@@ -5,10 +5,11 @@ After pruning and weight sharing, a layer is stored as three things:
 
 1. **relative indices**: the positions of the surviving weights, as the *gap* from the previous
    one (in the flattened weight), each in ``index_bits`` bits. A gap too long for that many
-   bits is bridged with *fillers* (see ``relative_indices``);
-2. **codebook indices**: for every surviving weight, which shared value it takes,
+   bits is bridged with *fillers*, in one of two ways (see ``relative_indices``): ours, a
+   free symbol 0, or the paper's, a stored zero weight;
+2. **codebook indices**: for every stored weight, which shared value it takes,
    in ``bits`` bits;
-3. **the codebook**: up to 2^bits float32 values (plus the float32 bias).
+3. **the codebook**: up to 2^bits float32 values (plus the biases).
 
 Both index streams are far from uniform (small gaps and central codebook entries are common),
 so **Huffman coding** (1952) them saves another 20-30%: a prefix code in which frequent symbols
@@ -106,28 +107,41 @@ def huffman_bits(symbols: Sequence[Hashable]) -> int:
 # ---------------------------------------------------------------- 2. sparse positions as gaps
 
 
-def relative_indices(mask: torch.Tensor, index_bits: int) -> np.ndarray:
+FILLERS = ("symbol", "zero")
+
+
+def relative_indices(mask: torch.Tensor, index_bits: int, filler: str = "symbol") -> np.ndarray:
     """The nonzero positions of a flattened mask as gaps, each fitting in ``index_bits`` bits.
 
-    A gap is the distance from the previous nonzero (the first: its position + 1), so it is
-    at least 1. A gap longer than 2^index_bits - 1 is bridged by *fillers*, stored as the
-    otherwise unused symbol 0, each meaning "skip 2^index_bits - 1 positions, no weight here".
-    (Han et al.'s Figure 3 stores a filler as a real entry with the value zero, which costs
-    a codebook index too; the symbol 0 does the same job for free.)
+    A gap is the distance from the previous stored entry (the first: its position + 1), so it
+    is at least 1. A gap too long for b = ``index_bits`` bits is bridged by *fillers*:
+
+    * ``filler="symbol"`` (ours): gaps 1 .. 2^b - 1 are stored as they are; a filler is the
+      otherwise unused symbol 0, "skip 2^b - 1 positions, no weight here": a gap, no value.
+    * ``filler="zero"`` (Han et al. 2016, Section 2 and Figure 2): a gap d is stored as d - 1
+      (the authors' released decoder rebuilds positions as cumsum(stored + 1) - 1), so b bits
+      span gaps 1 .. 2^b; a longer gap gets a *filler zero*, an entry 2^b positions on that
+      holds the weight 0 and is stored like every other entry: a gap and a value.
+      Returned as the gaps d (all >= 1); the fillers are the entries whose weight is 0.
     """
     index_bits = checks.integer(index_bits, "index_bits", 1, 16, must="be an integer between 1 and 16", example=5)
     checks.tensor(mask, "mask")
+    checks.one_of(filler, "filler", FILLERS)
     positions = torch.nonzero(mask.flatten()).flatten().numpy()
     gaps = np.diff(positions, prepend=-1)
-    longest = 2 ** index_bits - 1
+    longest = 2 ** index_bits - (filler == "symbol")   # the longest gap one entry holds
     fillers = (gaps - 1) // longest  # fillers needed before each entry
-    out = np.zeros(int(fillers.sum()) + len(gaps), dtype=np.int64)
+    out = np.full(int(fillers.sum()) + len(gaps), 0 if filler == "symbol" else longest, dtype=np.int64)
     out[np.cumsum(fillers + 1) - 1] = gaps - fillers * longest  # the entries, after their fillers
     return out
 
 
-def positions_from_gaps(gaps: np.ndarray, index_bits: int) -> np.ndarray:
-    """Undo ``relative_indices``: the flattened positions of the nonzero entries."""
+def positions_from_gaps(gaps: np.ndarray, index_bits: int, filler: str = "symbol") -> np.ndarray:
+    """Undo ``relative_indices``: the flattened positions of the nonzero entries (with
+    ``filler="zero"``: of every stored entry, the filler zeros included)."""
+    checks.one_of(filler, "filler", FILLERS)
     gaps = np.asarray(gaps)
+    if filler == "zero":
+        return np.cumsum(gaps) - 1
     steps = np.where(gaps == 0, 2 ** index_bits - 1, gaps)
     return (np.cumsum(steps) - 1)[gaps != 0]

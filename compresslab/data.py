@@ -190,10 +190,18 @@ class Dataset:
     def loader(self, split: str = "train", batch_size: int = 128, shuffle: bool | None = None,
                augment: bool = False, subset: int | None = None, seed: int = 0,
                device: str | torch.device = "cpu") -> "Loader":
-        """Batches of normalized float images and labels (see :class:`Loader`)."""
-        if split not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
-        x, y = (self.x_train, self.y_train) if split == "train" else (self.x_test, self.y_test)
+        """Batches of normalized float images and labels (see :class:`Loader`).
+
+        ``split="val"``: a class-balanced subset of the *training* images (``subset``, 5,000 by
+        default), for every choice a notebook makes (ratios, bit widths, thresholds), so that
+        the test set only scores the final choice. The zoo's models trained on all training
+        images, so their accuracy on "val" runs higher than on "test": compare drops, not levels.
+        """
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}.")
+        x, y = (self.x_test, self.y_test) if split == "test" else (self.x_train, self.y_train)
+        if split == "val" and subset is None:
+            subset = VAL_SIZE
         if subset is not None:
             x, y = take_subset(x, y, subset, seed)
         shuffle = (split == "train") if shuffle is None else shuffle
@@ -240,13 +248,25 @@ def random_crop_flip(x: torch.Tensor, pad: int, flip: bool, g: torch.Generator) 
     return x
 
 
+VAL_SIZE = 5000  # images of the "val" split (taken from the training set)
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """A generator for one epoch: the same (seed, epoch) always draws the same numbers."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
 class Loader:
     """Iterates over (images, labels) batches of an in-memory dataset.
 
     ``augment=True`` applies random crop (padding 4 for CIFAR-10, 2 for MNIST) and, for
-    CIFAR-10 only, horizontal flip (a flipped digit is another symbol). A new epoch gets a
-    new shuffle from a generator seeded once, so two loaders with one seed give the same
-    sequence of batches.
+    CIFAR-10 only, horizontal flip (a flipped digit is another symbol).
+
+    Epoch e's shuffle and augmentation come from a generator seeded with (seed, e), not from
+    one generator that runs on: ``fit`` calls ``set_epoch(0)``, ``set_epoch(1)``, ... (as
+    ``DistributedSampler.set_epoch`` does), so two fine-tunes from one loader see the same
+    batches, and the same seed is the same run, cell after cell. Iterating by hand goes on
+    from the last epoch.
     """
 
     def __init__(self, ds: Dataset, x, y, batch_size, shuffle, augment, seed, device):
@@ -255,21 +275,27 @@ class Loader:
         self.ds, self.x, self.y = ds, x, y
         self.batch_size, self.shuffle, self.augment = batch_size, shuffle, augment
         self.device = torch.device(device)
-        self.generator = torch.Generator().manual_seed(seed)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """The next pass over the data is epoch ``epoch`` (its shuffle and augmentation)."""
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return (len(self.y) + self.batch_size - 1) // self.batch_size
 
     def __iter__(self):
         n = len(self.y)
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else None
+        g = epoch_generator(self.seed, self.epoch)
+        self.epoch += 1
+        order = torch.randperm(n, generator=g) if self.shuffle else None
         for start in range(0, n, self.batch_size):
             idx = slice(start, start + self.batch_size) if order is None else \
                 order[start:start + self.batch_size]
             x, y = self.x[idx], self.y[idx]
             if self.augment:
                 cifar = self.ds.name == "cifar10"
-                x = random_crop_flip(x, pad=4 if cifar else 2, flip=cifar, g=self.generator)
+                x = random_crop_flip(x, pad=4 if cifar else 2, flip=cifar, g=g)
             yield (self.ds.normalize(x).to(self.device, non_blocking=True),
                    y.to(self.device, non_blocking=True))
 

@@ -176,6 +176,29 @@ def quantize_onnx_dynamic(fp32_path: str | Path, out_path: str | Path) -> Path:
     return Path(out_path)
 
 
+def graph_ops(path: str | Path, optimized: bool = False) -> dict[str, int]:
+    """How many nodes of each operator an ONNX file holds, by name. ``optimized=True``: the graph
+    ONNX Runtime runs after its 'extended' optimizations (constant folding, Conv + BatchNorm
+    folding, Conv + ReLU fusion into ``FusedConv``), i.e. which layers survive as passes of
+    their own."""
+    require_onnx()
+    import onnx
+    import onnxruntime as ort
+    if optimized:
+        with tempfile.TemporaryDirectory() as tmp:
+            options = ort.SessionOptions()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+            options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+            ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            graph = onnx.load(options.optimized_model_filepath).graph
+    else:
+        graph = onnx.load(str(path)).graph
+    counts: dict[str, int] = {}
+    for node in graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return dict(sorted(counts.items()))
+
+
 class OnnxModel(nn.Module):
     """An ONNX file run by ONNX Runtime on the CPU, called like a PyTorch model: logits out,
     on the input's device. It has no parameters, so ``train.evaluate`` / ``train.predict``
@@ -198,4 +221,4 @@ class OnnxModel(nn.Module):
         return torch.from_numpy(out).to(x.device)
 
     def extra_repr(self) -> str:
-        return f"{self.path.name}, {self.path.stat().st_size / 1024:.0f} KB"
+        return f"{self.path.name}, {self.path.stat().st_size / 1000:.0f} KB"

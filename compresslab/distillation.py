@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import checks
-from .data import random_crop_flip
+from .data import epoch_generator, random_crop_flip
 from .train import autocast, bf16_is_fast, get_device, model_device, predict
 
 FEATURE_LOSSES = ("mse", "cosine")
@@ -318,7 +318,8 @@ class CachedTeacher:
     augmented images (random crop + flip) are drawn once and the teacher's outputs stored
     beside them, so every student sees the very same images as its teacher did
     ("consistent teaching", Beyer et al. 2022) and no teacher runs during training. The cost
-    is memory: ``epochs`` copies of the images plus float16 logits and features.
+    is memory: ``epochs`` copies of the images plus float16 logits and features. With
+    ``augment=False`` the images are used as they are (one copy, ``epochs=1``, is enough).
 
     **How a batch gets its teacher outputs.** They travel with it: ``loader`` yields
     ``(x, y, teacher_logits, teacher_features)`` (features None without a ``hint_layer``), and
@@ -328,13 +329,15 @@ class CachedTeacher:
     """
 
     def __init__(self, teacher: nn.Module, ds, epochs: int, hint_layer: str | None = None,
-                 batch_size: int = 500, seed: int = 0, device=None):
+                 batch_size: int = 500, seed: int = 0, device=None, augment: bool = True):
         checks.integer(epochs, "epochs", 1, must="be at least 1", example=10)
         device = get_device(device)
         cifar = ds.name == "cifar10"
         g = torch.Generator().manual_seed(seed)
         self.ds, self.hint_layer, self.y = ds, hint_layer, ds.y_train
-        self.images = [random_crop_flip(ds.x_train, 4 if cifar else 2, cifar, g) for _ in range(epochs)]
+        # augment=False: the training images as they are (one copy is then all a student needs)
+        self.images = [random_crop_flip(ds.x_train, 4 if cifar else 2, cifar, g) if augment else ds.x_train
+                       for _ in range(epochs)]
         self.logits, self.features = [], []
         teacher.to(device).eval()
         nhwc = any(isinstance(m, nn.Conv2d) for m in teacher.modules())  # oneDNN's fast layout
@@ -365,11 +368,14 @@ class CachedTeacher:
 
 
 class _CachedLoader:
-    """Epoch e of ``fit`` gets augmented copy e % epochs, in a fresh shuffled order."""
+    """Epoch e of ``fit`` gets augmented copy e % epochs, in the order (seed, e) draws."""
 
     def __init__(self, cache: CachedTeacher, batch_size: int, seed: int, device: torch.device):
         self.cache, self.batch_size, self.device = cache, batch_size, device
-        self.generator, self.epoch = torch.Generator().manual_seed(seed), 0
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return (len(self.cache.y) + self.batch_size - 1) // self.batch_size
@@ -377,7 +383,7 @@ class _CachedLoader:
     def __iter__(self):
         c, e = self.cache, self.epoch % len(self.cache.images)
         self.epoch += 1
-        order = torch.randperm(len(c.y), generator=self.generator)
+        order = torch.randperm(len(c.y), generator=epoch_generator(self.seed, self.epoch - 1))
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
             feats = None if c.features[e] is None else c.features[e][idx]

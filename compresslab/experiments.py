@@ -1,4 +1,5 @@
-"""Experiments too long for a notebook: a command runs them and writes a CSV, a notebook reads it.
+"""Experiments too long for a notebook (a command runs them and writes a CSV, a notebook reads
+it), and the noise of repeated runs: when is a difference between two methods a tie?
 
     python -m compresslab experiments kd-cifar     # notebook 07: ~20 min on 2 CPU cores
 
@@ -6,19 +7,28 @@ Each experiment writes ``data/results/<name>.csv`` (one row per run and epoch) a
 ``<name>.json`` beside it (the settings, the machine, the wall time). The notebook shows where
 its numbers come from and checks that the file was produced by the settings in this module;
 rerun the command (with ``--force``) after changing them.
+
+Noise: a mean accuracy over k seeds, measured on one test set of n images, is uncertain for
+two reasons, the seeds' spread (sd / sqrt(k), more seeds shrink it) and the test set's binomial
+noise (sqrt(p (1 - p) / n), the same images for every seed, so more seeds do not shrink it).
+``accuracy_se`` adds both; ``ranking`` calls two methods a tie when their means differ by less
+than two standard errors of the difference.
 """
 from __future__ import annotations
 
 import json
+import math
 import platform
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
 from . import distillation as kd
 from .data import DATA_DIR, dataset_label, load_dataset
+from .metrics import binomial_se
 from .models import build_model
 from .train import bf16_is_fast, fit, get_device
 from .zoo import load_pretrained
@@ -111,3 +121,49 @@ def load_results(name: str, directory: Path = RESULTS_DIR) -> tuple[pd.DataFrame
         raise ValueError(f"{path} was computed with other settings ({info['settings']}) than "
                          f"compresslab.experiments now has ({expected}): rerun `{command}`.")
     return pd.read_csv(path), info
+
+
+# ---------------------------------------------------------------- noise of repeated runs
+
+
+def accuracy_se(accuracies, n_test: int) -> float:
+    """Standard error (points) of the mean of per-seed accuracies (%) on one test set of n_test
+    images: sqrt(sd^2 / k + p (1 - p) / n_test), p the mean. One run: the binomial SE alone."""
+    a = np.asarray(accuracies, dtype=float).ravel()
+    if a.size == 0:
+        raise ValueError("Need at least one accuracy.")
+    seeds_var = a.var(ddof=1) / a.size if a.size > 1 else 0.0
+    return math.sqrt(seeds_var + binomial_se(float(a.mean()), n_test) ** 2)
+
+
+def gap(a, b, n_test: int) -> tuple[float, float]:
+    """mean(a) - mean(b) in points, and its standard error sqrt(SE_a^2 + SE_b^2).
+
+    Unpaired: both are measured on the same test images, so this overstates the test set's
+    share of the noise (a lead called with it is safe; a close tie may hide a small lead)."""
+    d = float(np.mean(a) - np.mean(b))
+    return d, math.hypot(accuracy_se(a, n_test), accuracy_se(b, n_test))
+
+
+def paired_gap(a, b) -> tuple[float, float]:
+    """mean(a_i - b_i) and its standard error sd / sqrt(k), for k >= 2 runs measured twice
+    (seed i's run after 6 and after 3 epochs): the same runs and test images on both sides, so
+    the seeds' spread and most of the test set's noise cancel; what the change itself varies
+    by remains."""
+    a, b = np.asarray(a, dtype=float).ravel(), np.asarray(b, dtype=float).ravel()
+    if a.shape != b.shape:
+        raise ValueError(f"Pairs need the same runs on both sides, got {a.size} and {b.size} values.")
+    d = a - b
+    if d.size < 2:
+        raise ValueError(f"Need two or more pairs of runs for a paired standard error, got {d.size}.")
+    return float(d.mean()), float(d.std(ddof=1) / math.sqrt(d.size))
+
+
+def ranking(name_a: str, a, name_b: str, b, n_test: int, z: float = 2.0) -> str:
+    """'A ahead of B by 3.10 ± 0.40 points', or 'A and B tie (+0.05 ± 0.18 points)' when the
+    means differ by less than ``z`` standard errors of the difference."""
+    d, se = gap(a, b, n_test)
+    if abs(d) < z * se:
+        return f"{name_a} and {name_b} tie ({d:+.2f} ± {se:.2f} points)"
+    first, second = (name_a, name_b) if d > 0 else (name_b, name_a)
+    return f"{first} ahead of {second} by {abs(d):.2f} ± {se:.2f} points"

@@ -92,6 +92,45 @@ def taylor_scores(model: nn.Module, loader, layers, batches: int = 8) -> dict[st
     return scores
 
 
+
+def bn_taylor_scores(model: nn.Module, loader, batches: int = 8) -> dict[str, torch.Tensor]:
+    """First-order Taylor importance of every channel at its BatchNorm (Molchanov et al. 2019,
+    "BN scale Taylor FO", the same as a gate z_i = 1 placed after the BN):
+
+        I_i = mean over ``batches`` minibatches of (g_gamma_i * gamma_i + g_beta_i * beta_i)^2,
+
+    g the gradient of a minibatch's mean loss. Removing channel i sets its BN output
+    y_i = gamma_i * xhat_i + beta_i to zero, which changes the loss by about
+    -(g_gamma_i gamma_i + g_beta_i beta_i): the derivative along the gate, dL/dz_i at z_i = 1.
+    Keys are the convs before each BN (``conv_batchnorm_pairs``), ready for ``channel_plan``.
+    Eval mode: BN normalizes with its running statistics, as the pruned network will at
+    inference, and the statistics are not updated (train mode would also couple the images
+    of a batch through the batch mean and variance). The model's mode is restored.
+    """
+    pairs, batches = conv_batchnorm_pairs(model), checks.integer(batches, "batches", 1)
+    if not pairs or not all(bn.affine for bn in pairs.values()):
+        raise ValueError("bn_taylor_scores needs convolutions followed by affine BatchNorms.")
+    # a masked BN (mask_channels): gamma = gamma_orig * mask, and gamma_orig * grad_orig = gamma * g_gamma
+    leaf = lambda bn, p: getattr(bn, p + "_orig", getattr(bn, p))
+    scores = {n: torch.zeros_like(bn.weight.detach()) for n, bn in pairs.items()}
+    device, training, seen = next(model.parameters()).device, model.training, 0
+    model.eval()
+    for x, y in loader:
+        if seen == batches:
+            break
+        model.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(x.to(device)), y.to(device)).backward()
+        for n, bn in pairs.items():
+            gate = sum(leaf(bn, p).grad * leaf(bn, p) for p in ("weight", "bias"))  # (C,)
+            scores[n] += gate.detach().pow(2)
+        seen += 1
+    model.zero_grad(set_to_none=True)
+    model.train(training)
+    if seen == 0:
+        raise ValueError("bn_taylor_scores got an empty loader.")
+    return {n: s / seen for n, s in scores.items()}
+
+
 def following_batchnorm(model: nn.Module, name: str) -> nn.BatchNorm2d | None:
     """The first BatchNorm registered after a layer in its parent, before the next conv.
 

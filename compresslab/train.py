@@ -135,8 +135,9 @@ def fit(model: nn.Module, train_loader, epochs: int, lr: float = 0.05, *,
 
     * The reseeding replaces the random state you had, it does not continue it: the same model,
       loader and ``seed`` give the same weights whatever ran before, and the global state after
-      ``fit`` is what ``seed`` and the training left (dropout draws from it; the data loader has
-      its own generator), not the one you had before the call.
+      ``fit`` is what ``seed`` and the training left (dropout draws from it; the data loader
+      draws epoch e's batches from its own (seed, e) generator: ``set_epoch``), not the one
+      you had before the call.
     * Eval mode (``model.training`` is False: dropout off, BatchNorm on its running statistics)
       even if the model came in training mode; call ``model.train()`` to go on training it in
       a loop of your own.
@@ -171,6 +172,8 @@ def fit(model: nn.Module, train_loader, epochs: int, lr: float = 0.05, *,
     started = time.perf_counter()
     for epoch in range(1, epochs + 1):
         start, loss_sum, n = time.perf_counter(), 0.0, 0
+        if hasattr(train_loader, "set_epoch"):  # the same seed and loader: the same batches
+            train_loader.set_epoch(epoch - 1)
         for x, y, *extra in train_loader:
             x, y = x.to(device), y.to(device)
             extra = [e.to(device) if isinstance(e, torch.Tensor) else e for e in extra]

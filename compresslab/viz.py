@@ -101,6 +101,33 @@ def plot_tradeoff(df: pd.DataFrame, x: str, y: str = "accuracy_%", hue: str | No
     return ax
 
 
+def plot_speedups(speed: pd.DataFrame, ax=None, title: str = "Speed-up over the first model"):
+    """Grouped bars of ``metrics.speed_table``'s speed-ups, one group per batch size.
+
+    Error bars span the per-round ratios (lo to hi); the grey band is 1 +/- the A/A control's
+    noise at that batch size: a bar whose top stays inside it is no measurable change.
+    """
+    ax = ax or plt.gca()
+    names, batches = list(dict.fromkeys(speed.model)), list(dict.fromkeys(speed.batch))
+    width = 0.8 / len(names)
+    colours = sns.color_palette(n_colors=len(names))
+    for j, b in enumerate(batches):
+        noise = speed[speed.batch == b]["noise +/-"].iloc[0] if "noise +/-" in speed else 0.0
+        ax.fill_between([j - 0.45, j + 0.45], 1 - noise, 1 + noise, color="0.85", zorder=0,
+                        label="A/A noise band" if j == 0 else None)
+    for i, name in enumerate(names):
+        rows = speed[speed.model == name].set_index("batch").loc[batches]
+        xs = np.arange(len(batches)) - 0.4 + width * (i + 0.5)
+        err = [rows["speed-up x"] - rows["speed-up lo"], rows["speed-up hi"] - rows["speed-up x"]]
+        ax.bar(xs, rows["speed-up x"], width, yerr=np.clip(err, 0, None), capsize=2,
+               color=colours[i], label=name, hatch="//" if "A/A" in name else None)
+    ax.axhline(1, color="k", lw=1, ls="--")
+    ax.set_xticks(range(len(batches)), [str(b) for b in batches])
+    ax.set(xlabel="batch size", ylabel="speed-up (x)", title=title)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    return ax
+
+
 def plot_confusion(counts: np.ndarray, classes, title: str = "Confusion matrix", ax=None):
     """Heatmap of a confusion matrix (rows: true class, columns: predicted class)."""
     ax = ax or plt.gca()

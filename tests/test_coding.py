@@ -62,13 +62,34 @@ def test_relative_indices_round_trip_with_fillers(mask, index_bits):
     np.testing.assert_array_equal(coding.positions_from_gaps(gaps, index_bits), torch.nonzero(mask).flatten().numpy())
 
 
-def test_relative_indices_han_figure_3():
-    """Han et al.'s example: 3-bit gaps, nonzeros at positions 1, 4 and 15 (gap 11 > 7): one filler."""
+def test_relative_indices_han_figure_2():
+    """Han et al.'s example: 3-bit gaps, nonzeros at positions 1, 4 and 15 (gap 11): one filler.
+    Ours skips 7 (symbol 0); the paper's is a zero entry 8 positions on, at position 12."""
     mask = torch.zeros(16, dtype=torch.bool)
     mask[[1, 4, 15]] = True
     assert coding.relative_indices(mask, 3).tolist() == [2, 3, 0, 4]
+    paper = coding.relative_indices(mask, 3, filler="zero")
+    assert paper.tolist() == [2, 3, 8, 3]
+    assert coding.positions_from_gaps(paper, 3, filler="zero").tolist() == [1, 4, 12, 15]
     with pytest.raises(ValueError, match="index_bits"):
         coding.relative_indices(mask, 0)
+    with pytest.raises(ValueError, match="filler"):
+        coding.relative_indices(mask, 3, filler="pad")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.booleans(), min_size=1, max_size=400), st.integers(1, 8))
+def test_paper_fillers_are_stored_zeros_and_never_more_than_ours(mask, index_bits):
+    mask = torch.tensor(mask)
+    gaps = coding.relative_indices(mask, index_bits, filler="zero")
+    assert gaps.min(initial=1) >= 1 and gaps.max(initial=1) <= 2 ** index_bits, "d - 1 fits in index_bits bits"
+    positions = coding.positions_from_gaps(gaps, index_bits, filler="zero")
+    np.testing.assert_array_equal(positions[mask[positions].numpy()], torch.nonzero(mask).flatten().numpy())
+    fillers = positions[~mask[positions].numpy()]
+    assert (np.diff(np.concatenate([[-1], positions]))[~mask[positions].numpy()] == 2 ** index_bits).all(), \
+        "a filler sits the longest gap on"
+    ours = int((coding.relative_indices(mask, index_bits) == 0).sum())
+    assert len(fillers) <= ours, "b bits span 2^b under the paper's convention, 2^b - 1 under ours"
 
 
 def test_layer_storage_counts_every_bit():
@@ -88,6 +109,59 @@ def test_layer_storage_counts_every_bit():
         dc.layer_storage(torch.arange(1.0, 10.0), None, bits=3, index_bits=4)
 
 
+def test_layer_storage_paper_convention_by_hand():
+    """Survivors at 0, 16 and 47 (gaps 1, 16, 31), 4-bit gaps. Ours: symbol-0 fillers skip 15,
+    so 16 = 15 + 1 and 31 = 15 + 15 + 1: three fillers, no values. The paper's span 16: one
+    filler zero at 32, stored with a gap and a value; the codebook has all 2^2 entries, the zero
+    among them (3 used)."""
+    w = torch.zeros(48)
+    w[0], w[16], w[47] = 0.5, -0.5, 0.5
+    bias = torch.zeros(4)
+    ours = dc.layer_storage(w, bias, bits=2, index_bits=4)
+    paper = dc.layer_storage(w, bias, bits=2, index_bits=4, convention="paper")
+    assert (ours["fillers"], paper["fillers"]) == (3, 1) and (ours["codebook"], paper["codebook"]) == (2, 4)
+    assert ours["dense"] == paper["dense"] == 4 * (48 + 4)
+    assert ours["pruned"] == (6 * 4 + 3 * 32) / 8 + 16 == 31
+    assert paper["pruned"] == (4 * 4 + 4 * 32) / 8 + 16 == 34                       # the filler's 32-bit zero
+    assert ours["quantized"] == (6 * 4 + 3 * 2 + 2 * 32) / 8 + 4 * 2 == 19.75         # float16 biases
+    assert paper["quantized"] == (4 * 4 + 4 * 2 + 4 * 32) / 8 + 4 * 4 == 35           # 4 entries, float32 biases
+    # Huffman: gaps 1, 16, 16, 15 and codes 2, 0, 1, 2 (0.5, -0.5, the filler's 0, 0.5): one symbol
+    # twice, two once, so codes of 1, 2, 2 bits: 6 bits, plus the table's 8 bits per symbol
+    assert paper["huffman"] == ((6 + 24) + (6 + 24) + 4 * 32) / 8 + 16 == 39.5
+    assert ours["huffman"] == (coding.huffman_bits([1, 0, 1, 0, 0, 1]) + coding.huffman_bits([1, 0, 1]) + 2 * 32) / 8 + 8
+    with pytest.raises(ValueError, match="convention"):
+        dc.layer_storage(w, bias, bits=2, index_bits=4, convention="han")
+
+
+def test_paper_convention_needs_a_bit_more_when_the_zero_does_not_fit():
+    w = torch.zeros(60)
+    w[[0, 1, 2, 40]] = torch.tensor([1.0, 2.0, 3.0, 4.0])   # 2^2 values: a 2-bit codebook is full
+    assert dc.layer_storage(w, None, 2, 4)["code bits"] == 2
+    paper = dc.layer_storage(w, None, 2, 4, convention="paper")   # gap 38 = 16 + 16 + 6: two filler zeros
+    assert (paper["fillers"], paper["codebook"], paper["code bits"]) == (2, 5, 3)
+    assert paper["quantized"] == (6 * 4 + 6 * 3 + 5 * 32) / 8
+    w[40] = 0.0
+    w[10] = 4.0                                              # gap 8: no filler, no zero to store
+    assert dc.layer_storage(w, None, 2, 4, convention="paper")["code bits"] == 2
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.sampled_from([0.0, 0.0, 0.0, 1.0, -1.0]), min_size=1, max_size=200), st.integers(2, 6))
+def test_conventions_differ_only_by_fillers_and_biases(values, index_bits):
+    w, bias = torch.tensor(values), torch.zeros(3)
+    ours = dc.layer_storage(w, bias, 1, index_bits)
+    paper = dc.layer_storage(w, bias, 1, index_bits, convention="paper")
+    f_ours, f_paper = ours["fillers"], paper["fillers"]
+    assert f_paper <= f_ours
+    # pruned: the paper's fillers carry a 32-bit zero, ours none; both keep float32 biases
+    assert paper["pruned"] - ours["pruned"] == pytest.approx(((f_paper - f_ours) * index_bits + 32 * f_paper) / 8)
+    if f_ours == 0:   # no filler in either: the biases differ (float32, float16), and the codebook
+        used = len(w[w != 0].unique())   # ours: the values used; the paper's: all 2^1
+        extra = (3 * (32 - 16) + 32 * ((2 if used else 0) - used)) / 8
+        assert paper["quantized"] - ours["quantized"] == pytest.approx(extra)
+        assert paper["huffman"] - ours["huffman"] == pytest.approx(extra)
+
+
 def test_storage_table_totals_and_ratios():
     from collections import OrderedDict
     from torch import nn
@@ -103,6 +177,9 @@ def test_storage_table_totals_and_ratios():
     assert t.loc["fc2", "quantized"] == ((t.loc["fc2", "nonzero"] + t.loc["fc2", "fillers"]) * 5 + t.loc["fc2", "nonzero"] * 1
                                          + 32 * len(model.fc2.weight[model.fc2.weight != 0].unique())) / 8 + 2 * 3
     assert t.loc["total", "huffman x"] == pytest.approx(t.loc["total", "dense"] / t.loc["total", "huffman"])
+    p = dc.storage_table(model, {"fc1": 1, "fc2": 1}, convention="paper")
+    assert p.loc["total", "dense"] == t.loc["total", "dense"]
+    assert p.loc["fc1", "huffman"] == dc.layer_storage(model.fc1.weight, model.fc1.bias, 1, 5, convention="paper")["huffman"]
 
 
 def test_deep_compression_stages_keep_zeros_and_share_values():

@@ -150,6 +150,42 @@ def test_loader_batches_and_augmentation(isolated_data):
     assert all(torch.equal(p, q) for p, q in zip(a, b))
 
 
+def test_an_epoch_is_drawn_from_its_seed_and_number_so_two_runs_see_the_same_batches(isolated_data):
+    data.write_cache(isolated_data / "data" / "cifar10.npz", fake_arrays("cifar10", n_train=50))
+    loader = load_dataset("cifar10").loader("train", 16, augment=True, seed=5)
+    first, second = [y for _, y in loader], [y for _, y in loader]
+    assert not all(torch.equal(p, q) for p, q in zip(first, second))  # epoch 1 reshuffles
+    loader.set_epoch(0)  # what fit does before its first epoch
+    again = [y for _, y in loader]
+    assert all(torch.equal(p, q) for p, q in zip(first, again))
+
+
+def test_fit_twice_from_one_loader_is_the_same_run(isolated_data):
+    from compresslab.models import build_model
+    from compresslab.train import fit
+    data.write_cache(isolated_data / "data" / "mnist.npz", fake_arrays("mnist", n_train=64))
+    loader = load_dataset("mnist").loader("train", 16, augment=True)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = build_model("lenet300")
+        fit(model, loader, epochs=2, lr=0.01, progress=False)
+        runs.append(model.state_dict())
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+
+
+def test_val_split_is_training_images_never_test_images(isolated_data):
+    data.write_cache(isolated_data / "data" / "mnist.npz", fake_arrays("mnist", n_train=64))
+    ds = load_dataset("mnist")
+    val = ds.loader("val", 8, subset=20)
+    assert sum(len(y) for _, y in val) == 20 and not val.shuffle
+    x_val = torch.cat([x for x, _ in val])
+    train = ds.normalize(ds.x_train)
+    assert all(any(torch.equal(v, t) for t in train) for v in x_val)
+    with pytest.raises(ValueError, match="'val'"):
+        ds.loader("validation")
+
+
 def test_random_crop_flip_moves_pixels_not_values():
     g = torch.Generator().manual_seed(0)
     x = (torch.arange(2 * 3 * 6 * 6) + 1).to(torch.uint8).reshape(2, 3, 6, 6)

@@ -72,3 +72,14 @@ def test_exported_file_holds_no_paths_of_this_machine(tmp_path):
     raw = path.read_bytes()
     assert b".py" not in raw and str(tmp_path).encode() not in raw
     assert not any(n.metadata_props for n in onnx.load(str(path)).graph.node)
+
+
+def test_graph_ops_show_a_batchnorm_folded_after_a_conv_but_not_after_a_pool(tmp_path):
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(),           # foldable
+                          nn.Conv2d(4, 4, 3), nn.MaxPool2d(2), nn.BatchNorm2d(4), nn.ReLU(),  # pool between
+                          nn.Flatten(), nn.Linear(4 * 2 * 2, 10)).eval()
+    path = deploy.export_onnx(model, tmp_path / "m.onnx", (3, 8, 8))
+    exported, runs = deploy.graph_ops(path), deploy.graph_ops(path, optimized=True)
+    assert sum(exported.values()) >= sum(runs.values())
+    assert runs.get("BatchNormalization", 0) == 1  # only the BN behind the max-pool stays a pass of its own
+    assert runs.get("FusedConv", 0) >= 1  # a ReLU right after a conv is fused into it

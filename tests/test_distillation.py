@@ -311,6 +311,19 @@ def test_cached_teacher_serves_what_the_teacher_says_on_the_same_images():
     assert next(iter(no_hint.loader(batch_size=8)))[3] is None
 
 
+
+def test_cached_teacher_without_augmentation_serves_the_images_as_they_are():
+    ds = tiny_cifar(10)  # labels 0..9: each label names its image
+    torch.manual_seed(0)
+    teacher = small_cnn(8).eval()
+    cache = kd.CachedTeacher(teacher, ds, epochs=1, batch_size=4, device="cpu", augment=False)
+    assert len(cache.images) == 1 and torch.equal(cache.images[0], ds.x_train)
+    for epoch in range(2):
+        for x, y, logits, _ in cache.loader(batch_size=5, seed=epoch):
+            torch.testing.assert_close(x, ds.normalize(ds.x_train[y]), rtol=0, atol=0)
+            with torch.no_grad():
+                torch.testing.assert_close(logits, teacher(x), atol=0.05, rtol=0.05)
+
 def test_training_on_a_cached_teacher_equals_training_on_its_outputs():
     """One step of fit with the cached teacher is the step kd_loss + hint_loss prescribe."""
     ds = tiny_cifar(8)

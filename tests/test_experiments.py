@@ -41,3 +41,37 @@ def test_run_command_names_notebooks_and_rejects_unknown_ones(capsys):
     assert len(bench.notebook_paths()) >= 9
     assert main(["run", "99_nothing"]) == 2
     assert "No notebook matches ['99_nothing']" in capsys.readouterr().err
+
+
+def test_accuracy_se_adds_the_seeds_spread_to_the_test_sets_noise():
+    from compresslab.metrics import binomial_se
+    assert experiments.accuracy_se([90.0], 10_000) == pytest.approx(binomial_se(90.0, 10_000))
+    assert experiments.accuracy_se([90.0, 90.0, 90.0], 10_000) == pytest.approx(binomial_se(90.0, 10_000))
+    spread = experiments.accuracy_se([88.0, 90.0, 92.0], 10_000)  # sd 2, k 3: seeds' SE 1.15
+    assert spread == pytest.approx((4 / 3 + binomial_se(90.0, 10_000) ** 2) ** 0.5)
+    assert experiments.accuracy_se([88.0, 92.0], 100) > experiments.accuracy_se([88.0, 92.0], 10_000)
+    with pytest.raises(ValueError):
+        experiments.accuracy_se([], 100)
+
+
+def test_ranking_calls_differences_inside_two_standard_errors_a_tie():
+    d, se = experiments.gap([98.5, 98.6, 98.4], [98.4, 98.5, 98.3], 10_000)
+    assert d == pytest.approx(0.1) and se > 0.17  # two binomial SEs of ~0.12 each
+    assert "tie" in experiments.ranking("global", [98.5, 98.6, 98.4], "layer-wise", [98.4, 98.5, 98.3], 10_000)
+    assert experiments.ranking("a", [90.0], "b", [95.0], 10_000).startswith("b ahead of a by 5.00 ±")
+    assert experiments.ranking("a", [95.0, 95.2], "b", [90.0, 90.1], 10_000).startswith("a ahead of b by 5.05")
+    # The same difference on 100 test images is noise.
+    assert "tie" in experiments.ranking("a", [90.0], "b", [95.0], 100)
+
+
+def test_paired_gap_cancels_what_both_sides_share():
+    # Three seeds far apart, each one point better after: paired, the rise is clear...
+    before, after = [20.0, 30.0, 40.0], [21.0, 31.2, 40.8]
+    d, se = experiments.paired_gap(after, before)
+    assert d == pytest.approx(1.0) and se == pytest.approx(0.2 / 3 ** 0.5)
+    # ... unpaired, the seeds' spread hides it.
+    assert "tie" in experiments.ranking("after", after, "before", before, 10_000)
+    with pytest.raises(ValueError, match="two or more pairs"):
+        experiments.paired_gap([1.0], [0.0])
+    with pytest.raises(ValueError, match="same runs on both sides"):
+        experiments.paired_gap([1.0, 2.0, 3.0], [0.0, 1.0])

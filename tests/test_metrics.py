@@ -1,5 +1,6 @@
 import copy
 
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -86,7 +87,7 @@ def test_latency_and_compare_table():
     table = metrics.compare(models, (1, 28, 28), latency_batches=(1,), min_run_time=0.05)
     assert list(table.index) == ["lenet300", "lenet5"]
     assert table.loc["lenet300", "params"] == 266_610
-    assert table.loc["lenet5", "dense_KB"] == pytest.approx(431_080 * 4 / 1024)
+    assert table.loc["lenet5", "dense_KB"] == pytest.approx(431_080 * 4 / 1000)
     assert table.loc["lenet5", "MFLOPs"] > table.loc["lenet300", "MFLOPs"]
 
 
@@ -94,7 +95,7 @@ def test_speed_table_compares_with_the_first_model():
     small = build_model("lenet300")
     models = {"lenet5": build_model("lenet5"), "lenet300": small, "lenet300 fp16": copy.deepcopy(small).half()}
     table = metrics.speed_table(models, (1, 28, 28), batch_sizes=(1, 8), rounds=2, min_run_time=0.02)
-    assert len(table) == 6 and set(table.batch) == {1, 8}
+    assert len(table) == 8 and set(table.batch) == {1, 8}  # 3 models and the A/A control
     first = table[table.model == "lenet5"]
     assert (first["speed-up x"] == 1).all() and (first["speed-up / FLOP reduction"] == 1).all()
     row = table[(table.model == "lenet300") & (table.batch == 8)].iloc[0]
@@ -107,3 +108,31 @@ def test_confusion_matrix():
     labels = torch.tensor([0, 1, 2, 2])
     cm = metrics.confusion_matrix(logits, labels, 3)
     assert cm.tolist() == [[1, 0, 0], [0, 1, 0], [0, 1, 1]]
+
+
+def test_speed_table_times_an_aa_control_and_judges_against_its_noise():
+    models = {"lenet5": build_model("lenet5"), "lenet300": build_model("lenet300")}
+    table = metrics.speed_table(models, (1, 28, 28), batch_sizes=(1, 8), rounds=3, min_run_time=0.02)
+    control = table[table.model == metrics.aa_name("lenet5")]
+    assert len(table) == 6 and len(control) == 2
+    assert (table["speed-up lo"] <= table["speed-up hi"]).all()
+    assert (table["noise +/-"] >= 0).all()
+    # The A/A ratios define the noise band, so the control itself is never "faster" or "slower".
+    for b in (1, 8):
+        assert metrics.verdict(table, metrics.aa_name("lenet5"), b).startswith("a tie")
+    assert "lenet5 again" not in metrics.speed_table(models, (1, 28, 28), (1,), 1, 0.02, control=False).model.values
+
+
+def test_verdict_calls_a_speed_up_inside_the_noise_a_tie():
+    speed = pd.DataFrame({"model": ["a", "b", "c", "d"], "batch": [1] * 4, "speed-up x": [1.0, 1.1, 1.3, 0.7],
+                          "noise +/-": [0.15] * 4})
+    assert metrics.verdict(speed, "b", 1).startswith("a tie")
+    assert metrics.verdict(speed, "c", 1) == "1.30x faster"
+    assert metrics.verdict(speed, "d", 1) == "0.70x (slower)"
+
+
+def test_binomial_standard_error():
+    assert metrics.binomial_se(88.0, 2000) == pytest.approx(0.7266, abs=1e-3)
+    assert metrics.binomial_se(100.0, 10) == 0.0
+    with pytest.raises(ValueError):
+        metrics.binomial_se(50.0, 0)

@@ -166,3 +166,22 @@ def test_soft_pruning_lets_weights_grow_back():
     loss.backward(); opt.step()
     assert (model[0].weight[zero_before] != 0).any(), "soft-pruned weights may grow back"
     assert not hasattr(model[0], "weight_mask")
+
+
+def test_gradual_pruner_masks_only_grow():
+    """AGP is gradual, not dynamic: a weight pruned at one step stays pruned at every later one,
+    even if its stored value (weight_orig) becomes the largest of the layer."""
+    model = two_layers()
+    pruner = pruning.GradualPruner(model, s_final=0.8, n=4, dt=1)
+    pruner(1)
+    previous = pruning.masks_of(model)
+    for step in range(2, 6):
+        for name, m in pruning.prunable_layers(model).items():
+            with torch.no_grad():  # tempt it: the pruned weights' stored values become huge
+                m.weight_orig[previous[name] == 0] = 100.0
+        pruner(step)
+        masks = pruning.masks_of(model)
+        for name in masks:
+            assert (masks[name] <= previous[name]).all(), f"a pruned weight of {name} came back at step {step}"
+        previous = masks
+    assert [s for _, s in pruner.history][-1] == pytest.approx(0.8)

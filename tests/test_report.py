@@ -4,12 +4,34 @@ from compresslab import report
 from compresslab.__main__ import main
 
 
+# ONNX Runtime's int8 kernels differ by CPU: VNNI / AMX accumulate u8 x s8 products in 32 bits,
+# AVX2-only CPUs pair them into saturating 16-bit sums (so deploy.quantize_onnx_int8 stores 7-bit
+# weights there), ARM has its own kernels. Different weights and roundings move a few of the
+# 10,000 test labels: 0.15 points is 15 images, several times what was seen between machines
+# (88.28% with VNNI, 88.26% with 7-bit weights on AVX2), and far below a broken model (-11.5).
+INT8_TOLERANCE = 0.15
+
+
+def rows_of(markdown: str) -> list[list[str]]:
+    return [[c.strip() for c in line.strip("|").split("|")] for line in markdown.splitlines()[2:]]
+
+
 @pytest.mark.slow
 def test_readme_results_table_is_what_the_report_computes():
     """README.md's results table = `python -m compresslab report` on the committed checkpoints
-    (all columns but the latency, which moves from run to run)."""
-    computed = report.markdown(report.results(latency=False))
-    assert report.without_column(report.readme_table()) == report.without_column(computed)
+    (all columns but the latency, which moves from run to run; int8 accuracies within
+    INT8_TOLERANCE, since they depend on the CPU's int8 kernels)."""
+    computed = report.without_column(report.markdown(report.results(latency=False)))
+    readme = report.without_column(report.readme_table())
+    header = [c.strip() for c in readme.splitlines()[0].strip("|").split("|")]
+    acc = header.index("test accuracy")
+    assert readme.splitlines()[:2] == computed.splitlines()[:2]
+    assert len(rows_of(readme)) == len(rows_of(computed))
+    for ours, theirs in zip(rows_of(readme), rows_of(computed)):
+        if "int8" in ours[0]:
+            assert abs(float(ours[acc].rstrip("%")) - float(theirs[acc].rstrip("%"))) <= INT8_TOLERANCE, (ours, theirs)
+            ours, theirs = ours[:acc] + ours[acc + 1:], theirs[:acc] + theirs[acc + 1:]
+        assert ours == theirs
 
 
 def test_readme_block_and_column_helpers():

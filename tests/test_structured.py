@@ -1,3 +1,4 @@
+import copy
 from collections import OrderedDict
 
 import pytest
@@ -167,3 +168,50 @@ def test_taylor_scores_are_squared_sums_of_gradient_times_weight():
     assert scores["conv2"][5] == 0 and scores["conv2"].shape == (64,)
     plan = structured.channel_plan(model, {"conv2": 0.25}, scores=scores)
     assert 5 not in plan["conv2"].tolist()
+
+
+def test_bn_taylor_scores_are_the_squared_derivative_along_a_gate_after_the_bn():
+    model = with_running_stats(build_model("cifar_cnn", seed=3), (3, 32, 32))
+    torch.manual_seed(1)
+    for bn in structured.conv_batchnorm_pairs(model).values():  # scales and shifts as trained ones
+        nn.init.uniform_(bn.weight, 0.2, 1), nn.init.uniform_(bn.bias, -0.5, 0.5)
+    model.bn2.weight.data[5], model.bn2.bias.data[5] = 0, 0  # a switched-off channel
+    batches = [(torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))) for _ in range(2)]
+    stats = model.bn4.running_mean.clone()
+    model.train()
+    scores = structured.bn_taylor_scores(model, batches + batches[::-1], batches=2)
+    assert model.training and torch.equal(model.bn4.running_mean, stats)  # mode back, statistics untouched
+    model.eval()
+    expected = torch.zeros(128)
+    for x, y in batches:  # a gate z = 1 multiplying bn4's output: I = (dL/dz)^2, averaged
+        z = torch.ones(1, 128, 1, 1, requires_grad=True)
+        hook = model.bn4.register_forward_hook(lambda m, i, out: out * z)
+        loss = nn.functional.cross_entropy(model(x), y)
+        hook.remove()
+        expected += torch.autograd.grad(loss, z)[0].flatten().pow(2) / len(batches)
+    scale = expected.max()  # the scores are tiny (an untrained classifier): compare relative to the largest
+    torch.testing.assert_close(scores["conv4"] / scale, expected / scale)
+    assert set(scores) == {f"conv{i}" for i in range(1, 7)} and scores["conv2"][5] == 0
+    plan = structured.channel_plan(model, {"conv2": 0.25}, scores=scores)
+    assert 5 not in plan["conv2"].tolist()
+
+
+def test_bn_taylor_scores_of_a_masked_model_are_those_of_the_zeroed_one():
+    model = with_running_stats(build_model("cifar_cnn", seed=4), (3, 32, 32))
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    plan = {"conv3": torch.arange(0, 128, 2)}
+    zeroed = copy.deepcopy(model)
+    for t in (zeroed.conv3.weight, zeroed.bn3.weight, zeroed.bn3.bias):
+        t.data[1::2] = 0
+    masked = structured.mask_channels(model, plan)
+    got, expected = (structured.bn_taylor_scores(m, [(x, y)]) for m in (masked, zeroed))
+    for name in expected:
+        scale = expected[name].max()
+        torch.testing.assert_close(got[name] / scale, expected[name] / scale)
+    assert got["conv3"][1::2].abs().max() == 0 and got["conv3"][::2].abs().max() > 0
+    with pytest.raises(ValueError, match="followed by affine BatchNorms"):
+        structured.bn_taylor_scores(build_model("lenet5"), [(x, y)])
+    with pytest.raises(ValueError, match="empty loader"):
+        structured.bn_taylor_scores(zeroed, [])
+    with pytest.raises(ValueError, match="batches"):
+        structured.bn_taylor_scores(zeroed, [(x, y)], batches=0)

@@ -54,3 +54,16 @@ def test_explore_draws_the_default_then_redraws_when_a_slider_moves():
     assert calls == [(2, "a"), (5, "a"), (5, "b")]
     assert len(fig.axes) == 1 and fig.axes[0].get_title() == "b: 32 levels"  # redrawn, not stacked
     assert not bits.continuous_update  # redraw on release: cheap on a slow laptop
+
+
+def test_speedup_bars_have_error_bars_and_the_noise_band():
+    speed = pd.DataFrame({"model": ["dense", "dense", "small", "small", "dense again (A/A control)", "dense again (A/A control)"],
+                          "batch": [1, 256] * 3, "speed-up x": [1.0, 1.0, 1.5, 1.8, 1.02, 0.97],
+                          "speed-up lo": [1.0, 1.0, 1.4, 1.6, 0.95, 0.9], "speed-up hi": [1.0, 1.0, 1.6, 1.9, 1.05, 1.03],
+                          "noise +/-": [0.05, 0.1] * 3})
+    fig, ax = plt.subplots()
+    viz.plot_speedups(speed, ax=ax, title="small is faster")
+    assert ax.get_title() == "small is faster" and ax.get_xlabel() == "batch size"
+    assert len(ax.patches) >= 6 and len(ax.collections) >= 2  # bars, and the two noise bands
+    assert "A/A noise band" in [t.get_text() for t in ax.get_legend().get_texts()]
+    plt.close(fig)
