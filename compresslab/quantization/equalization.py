@@ -28,7 +28,6 @@ BatchNorm folded in, the ranges differ by orders of magnitude and per-tensor int
 """
 from __future__ import annotations
 
-import copy
 
 import pandas as pd
 import torch
@@ -57,31 +56,18 @@ def flat_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 @torch.no_grad()
 def fold_batchnorm(model: nn.Sequential) -> nn.Sequential:
-    """A copy, in eval mode, with every BN folded into the conv / linear before it (directly, or
-    across max-pools) and replaced by nn.Identity: W'_i = a_i W_i, b'_i = a_i (b_i - μ_i) + β_i."""
-    model = copy.deepcopy(model).eval()
-    mods, last, between = flat_modules(model), None, []
-    for name, m in mods:
-        if isinstance(m, LAYERS):
-            last, between = (name, m), []
-        elif isinstance(m, BATCHNORMS):
-            if last is None or any(not isinstance(b, (nn.MaxPool2d, nn.Identity)) for b in between):
-                raise ValueError(f"BatchNorm {name!r} does not follow a conv / linear layer "
-                                 "(at most max-pools between): it cannot be folded.")
-            lname, layer = last
-            a = m.weight / torch.sqrt(m.running_var + m.eps)              # (C,)
-            if any(isinstance(b, nn.MaxPool2d) for b in between) and (a < 0).any():
-                raise ValueError(f"A max-pool sits between {lname!r} and {name!r}, and channels "
-                                 f"{(a < 0).nonzero().flatten().tolist()} have γ/σ < 0: max(a z) "
-                                 "= a min(z) there, so the fold would change the function.")
-            b = layer.bias if layer.bias is not None else torch.zeros_like(a)
-            layer.weight.mul_(a.view(-1, *[1] * (layer.weight.dim() - 1)))
-            layer.bias = nn.Parameter(a * (b - m.running_mean) + m.bias)
-            setattr(model, name, nn.Identity())
-            last = None
-        else:
-            between.append(m)
-    return model
+    """``integer.fold_batchnorm`` across max-pools, where every BN must fold: equalization needs
+    each channel's scale to pass from one layer to the next (the folding lives in integer.py)."""
+    from ..integer import commutes_with_maxpool, fold_batchnorm as fold
+
+    folded = fold(model, through_maxpool=True)
+    for name, m in flat_modules(folded):
+        if isinstance(m, BATCHNORMS):
+            why = ("a max-pool sits between it and its conv, and some channels have γ/σ < 0: "
+                   "max(a z) = a min(z) there" if not commutes_with_maxpool(m) else
+                   "it does not follow a conv / linear layer (at most a max-pool between)")
+            raise ValueError(f"BatchNorm {name!r} cannot be folded: {why}.")
+    return folded
 
 # ---------------------------------------------------------------- cross-layer equalization
 
