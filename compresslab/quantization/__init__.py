@@ -29,7 +29,7 @@ from .nonuniform import (assign_to_centroids, binarize, channel_mean_abs, kmeans
                          ternarize)
 from .quantizers import (SCHEMES, KMeansQuantizer, WeightQuantizer, activation_quantizers, calibrate,
                          quantize_input, quantize_model, quantized_layers, remove_quantization,
-                         weight_quantizer)
+                         run_batches, weight_quantizer)
 from .ranges import (METHODS, as_rows, check_method, check_percentile, minmax_range, mse_range,
                      percentile_range, qparams)
 from .size import allocate_bits, quantized_size, sensitivity_scan, size_table
@@ -47,7 +47,7 @@ __all__ = [
     "assign_to_centroids", "binarize", "channel_mean_abs", "kmeans_codebook", "power_of_two", "ternarize",
     # model-level quantizers, PTQ and QAT
     "SCHEMES", "KMeansQuantizer", "WeightQuantizer", "activation_quantizers", "calibrate", "quantize_input",
-    "quantize_model", "quantized_layers", "remove_quantization", "weight_quantizer",
+    "quantize_model", "quantized_layers", "remove_quantization", "run_batches", "weight_quantizer",
     # size and mixed precision
     "allocate_bits", "quantized_size", "sensitivity_scan", "size_table",
     # helpers the old single module imported (kept reachable as Q.<name>)

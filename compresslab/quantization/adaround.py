@@ -40,8 +40,8 @@ from torch.nn.utils import parametrize, prune
 
 from .. import checks
 from ..metrics import prunable_layers
-from ..train import model_device
 from .affine import QParams, check_bits
+from .quantizers import run_batches
 from .ranges import qparams
 
 ZETA, GAMMA = 1.1, -0.1
@@ -151,28 +151,19 @@ def adaround_layer(layer: nn.Module, bits: int, inputs, **options) -> tuple[torc
 @torch.no_grad()
 def input_grams(model: nn.Module, layers: dict[str, nn.Module], loader, batches: int | None) -> dict:
     """Σ x xᵀ of every layer's input over the calibration batches, one float forward pass."""
-    grams, seen = {}, 0
+    grams = {}
+
     def hook(name):
         def record(module, args):
             g = gram(patches(module, args[0].float()))
             grams[name] = grams[name] + g if name in grams else g
         return record
     handles = [m.register_forward_pre_hook(hook(n)) for n, m in layers.items()]
-    device, was_training = model_device(model), model.training
-    model.eval()
     try:
-        for batch in loader:
-            model((batch[0] if isinstance(batch, (tuple, list)) else batch).to(device))
-            seen += 1
-            if seen == batches:
-                break
+        run_batches(model, loader, batches)
     finally:
-        model.train(was_training)
         for h in handles:
             h.remove()
-    if seen == 0:
-        raise ValueError("The calibration loader gave no batch: pass a non-empty loader "
-                         "(e.g. ds.loader('train', 64, subset=512)).")
     return grams
 
 

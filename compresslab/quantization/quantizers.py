@@ -200,23 +200,33 @@ def calibrate(model: nn.Module, loader, batches: int = 10) -> nn.Module:
     for q in quantizers:
         q.observer.reset()
         q.observing, q.enabled = True, False
+    try:
+        run_batches(model, loader, batches)
+    finally:
+        for q in quantizers:
+            q.observing, q.enabled = False, True
+    return model
+
+
+@torch.no_grad()
+def run_batches(model: nn.Module, loader, batches: int | None) -> int:
+    """Forward ``batches`` batches of ``loader`` (inputs, or (inputs, labels) pairs; None: all)
+    through the model in eval mode, for the hooks or observers that watch it; the model's mode
+    is restored. An empty loader is an error: calibration on nothing gives no ranges."""
     device, was_training, seen = model_device(model), model.training, 0
     model.eval()
     try:
         for batch in loader:
-            x = batch[0] if isinstance(batch, (tuple, list)) else batch
-            model(x.to(device))
+            model((batch[0] if isinstance(batch, (tuple, list)) else batch).to(device))
             seen += 1
             if seen == batches:
                 break
     finally:
         model.train(was_training)
-        for q in quantizers:
-            q.observing, q.enabled = False, True
     if seen == 0:
         raise ValueError("The calibration loader gave no batch: pass a non-empty loader "
-                         "(e.g. data.loader('train', subset=512)).")
-    return model
+                         "(e.g. ds.loader('train', 64, subset=512)).")
+    return seen
 
 
 def remove_quantization(model: nn.Module, keep_quantized_weights: bool = True) -> nn.Module:
