@@ -26,6 +26,7 @@ Techniques:
 * :mod:`compresslab.deep_compression`  Deep Compression's pipeline and the bytes of each stage
 * :mod:`compresslab.deploy`   ONNX export and real int8 with ONNX Runtime
 * :mod:`compresslab.integer`  integer-only inference: BN folding, fixed-point requantization, int8 conv / linear bit-exact with ONNX Runtime
+* :mod:`compresslab.integer_model`  a whole CNN in integers: calibrate once, then codes in, codes out
 
 Yardsticks, plots and tools:
 
@@ -38,6 +39,7 @@ Yardsticks, plots and tools:
 * :mod:`compresslab.bench`    speed benchmarks that print their figures
 * :mod:`compresslab.doctor`   will the workbook run on this machine?
 * :mod:`compresslab.exercises`  the student copies of the notebooks
+* :mod:`compresslab.grading`  checks for the exercises where the student writes a function
 """
 import logging as _logging
 

@@ -111,7 +111,7 @@ def calibration_arrays(calibration, batches: int | None = None) -> list:
 
 def quantize_onnx_int8(fp32_path: str | Path, int8_path: str | Path, calibration,
                        batches: int | None = None, per_channel: bool = True,
-                       reduce_range: bool | None = None) -> Path:
+                       reduce_range: bool | None = None, weight_type: str = "int8") -> Path:
     """ONNX Runtime static quantization to int8 (QDQ format): weights int8 symmetric
     (per output channel), activations uint8 asymmetric with min / max ranges from the
     calibration batches. ORT then fuses DequantizeLinear -> Conv -> QuantizeLinear into
@@ -119,10 +119,14 @@ def quantize_onnx_int8(fp32_path: str | Path, int8_path: str | Path, calibration
 
     ``reduce_range`` stores the weights in 7 bits ([-64, 64]). On x86 CPUs without VNNI, ORT's
     u8 x s8 kernel adds pairs of products into a 16-bit sum (``vpmaddubsw``): 2 * 255 * 127 = 64770
-    overflows 32767 and saturates, which cost the CIFAR CNN 11.5 points on an AVX2-only CPU; with
+    overflows 32767 and saturates, silently (notebook 06a measures what that costs); with
     7-bit weights 2 * 255 * 64 = 32640 fits. ``None`` (the default) turns it on exactly there
-    (``hardware.has_int8_dot32()`` is False), so the model is accurate on every CPU."""
+    (``hardware.has_int8_dot32()`` is False), so the model is accurate on every CPU.
+    ``weight_type="uint8"`` (U8U8: weights asymmetric in [0, 255]) avoids the u8 x s8 instruction
+    altogether; ORT then runs its u8 x u8 kernels (their speed: measure it on your CPU)."""
     require_onnx()
+    if weight_type not in ("int8", "uint8"):
+        raise ValueError(f"weight_type must be 'int8' (ORT's default, u8 x s8 kernels) or 'uint8' (U8U8); got {weight_type!r}.")
     import onnx
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
                                           QuantType, quantize_static)
@@ -156,7 +160,8 @@ def quantize_onnx_int8(fp32_path: str | Path, int8_path: str | Path, calibration
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
         quantize_static(str(pre), str(int8_path), Reader(), quant_format=QuantFormat.QDQ,
                         per_channel=per_channel, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                        weight_type=QuantType.QInt8 if weight_type == "int8" else QuantType.QUInt8,
+                        calibrate_method=CalibrationMethod.MinMax,
                         op_types_to_quantize=ops, reduce_range=reduce_range)
     return int8_path
 
@@ -164,7 +169,7 @@ def quantize_onnx_int8(fp32_path: str | Path, int8_path: str | Path, calibration
 def quantize_onnx_dynamic(fp32_path: str | Path, out_path: str | Path) -> Path:
     """ONNX Runtime *dynamic* quantization: int8 weights, activation ranges computed at run
     time. Good for linear layers / transformers; convolutions become ConvInteger, which has no
-    fast CPU kernel, so a CNN usually gets *slower* than fp32 (shown in notebook 06)."""
+    fast CPU kernel, so a CNN usually gets *slower* than fp32 (shown in notebook 06a)."""
     require_onnx()
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -176,11 +181,11 @@ def quantize_onnx_dynamic(fp32_path: str | Path, out_path: str | Path) -> Path:
     return Path(out_path)
 
 
-def graph_ops(path: str | Path, optimized: bool = False) -> dict[str, int]:
-    """How many nodes of each operator an ONNX file holds, by name. ``optimized=True``: the graph
-    ONNX Runtime runs after its 'extended' optimizations (constant folding, Conv + BatchNorm
-    folding, Conv + ReLU fusion into ``FusedConv``), i.e. which layers survive as passes of
-    their own."""
+def graph_nodes(path: str | Path, optimized: bool = False) -> list[str]:
+    """The operator of every node of an ONNX file, in the graph's order. ``optimized=True``: the
+    graph ONNX Runtime runs after its 'extended' optimizations (constant folding, Conv + BatchNorm
+    folding, Conv + ReLU fusion into ``FusedConv``, QDQ fusion into ``QLinearConv``), i.e. which
+    layers survive as passes of their own, and where an int8 graph falls back to float."""
     require_onnx()
     import onnx
     import onnxruntime as ort
@@ -193,9 +198,14 @@ def graph_ops(path: str | Path, optimized: bool = False) -> dict[str, int]:
             graph = onnx.load(options.optimized_model_filepath).graph
     else:
         graph = onnx.load(str(path)).graph
+    return [node.op_type for node in graph.node]
+
+
+def graph_ops(path: str | Path, optimized: bool = False) -> dict[str, int]:
+    """How many nodes of each operator an ONNX file holds, by name (see ``graph_nodes``)."""
     counts: dict[str, int] = {}
-    for node in graph.node:
-        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    for op in graph_nodes(path, optimized):
+        counts[op] = counts.get(op, 0) + 1
     return dict(sorted(counts.items()))
 
 

@@ -90,13 +90,20 @@ def foldable_pairs(model: nn.Sequential, through_maxpool: bool = False) -> list[
     return pairs
 
 
-def fold_batchnorm(model: nn.Sequential, through_maxpool: bool = False) -> nn.Sequential:
+def fold_batchnorm(model: nn.Sequential, through_maxpool: bool = False, strict: bool = False) -> nn.Sequential:
     """A copy of a flat ``nn.Sequential`` with each foldable BN folded into its conv and replaced
-    by ``nn.Identity`` (names kept). Same outputs in eval mode, up to float rounding."""
+    by ``nn.Identity`` (names kept). Same outputs in eval mode, up to float rounding.
+    ``strict``: every BN must fold (equalization and integer-only inference need it), else an error."""
     folded = copy.deepcopy(model).eval()
     for conv_name, bn_name in foldable_pairs(folded, through_maxpool):
         setattr(folded, conv_name, fold_into(getattr(folded, conv_name), getattr(folded, bn_name)))
         setattr(folded, bn_name, nn.Identity())
+    for name, m in folded.named_children() if strict else ():
+        if isinstance(m, BNS):
+            why = ("a max-pool sits between it and its conv, and some channels have γ/σ < 0: max(a z) = "
+                   "a min(z) there" if through_maxpool and not commutes_with_maxpool(m) else
+                   "it does not follow a conv / linear layer" + (" (at most a max-pool between)" if through_maxpool else ""))
+            raise ValueError(f"BatchNorm {name!r} cannot be folded: {why}.")
     return folded
 
 # ---------------------------------------------------------------- fixed-point requantization
@@ -164,12 +171,21 @@ def im2col(q_x: torch.Tensor, kernel: tuple[int, int], stride, padding, dilation
 def dot(cols: torch.Tensor, w: torch.Tensor, pair_saturation: bool = False) -> torch.Tensor:
     """Σ_k q_x,k q_w,k of raw codes: cols (N, L, G, K) x w (G, O_g, K) -> (N, L, G, O_g), int64.
     ``pair_saturation``: products summed in adjacent pairs into int16, saturating (vpmaddubsw)."""
+    exact = torch.einsum("nlgk,gok->nlgo", cols, w)
     if not pair_saturation:
-        return torch.einsum("nlgk,gok->nlgo", cols, w)
+        return exact
     if cols.shape[-1] % 2:  # an odd K is padded with one zero product, as the kernels pad K
         cols, w = nn.functional.pad(cols, (0, 1)), nn.functional.pad(w, (0, 1))
-    pairs = torch.einsum("nlgjt,gojt->nlgoj", cols.unflatten(-1, (-1, 2)), w.unflatten(-1, (-1, 2)))
-    return pairs.clamp(-INT16_MAX - 1, INT16_MAX).sum(-1)
+    # A pair q_x,a q_w,a + q_x,b q_w,b with q_x in [0, 255] can leave int16 only if its two weights
+    # share a sign and 255 (|q_w,a| + |q_w,b|) > 32767: only those pairs are computed and clamped.
+    wa, wb = w[..., 0::2], w[..., 1::2]                                             # (G, O_g, K/2)
+    g, o, j = torch.nonzero((wa * wb > 0) & (255 * (wa.abs() + wb.abs()) > INT16_MAX), as_tuple=True)
+    out = exact.flatten(2)                                                          # (N, L, G O_g)
+    for part in torch.split(torch.arange(len(g)), 256):
+        gp, op, jp = g[part], o[part], j[part]
+        p = cols[:, :, gp, 2 * jp] * wa[gp, op, jp] + cols[:, :, gp, 2 * jp + 1] * wb[gp, op, jp]   # (N, L, F)
+        out.index_add_(2, gp * w.shape[1] + op, p.clamp(-INT16_MAX - 1, INT16_MAX) - p)
+    return out.view_as(exact)
 
 
 @dataclass

@@ -118,6 +118,15 @@ def cifar_cnn(seed=0, device=None, progress=True):
                           label_smoothing=0.1, seed=seed, device=device, progress=progress)
 
 
+def cifar_cnn_dws(seed=0, device=None, progress=True):
+    """The depthwise-separable CNN (notebook 06b's cross-layer equalization), trained like
+    ``cifar_cnn``: 20 epochs, lr 0.2, batch 256, weight decay 5e-4, label smoothing 0.1."""
+    train, test = loaders("cifar10", batch_size=256, augment=True, seed=seed)
+    model = build_model("cifar_cnn_dws", seed=seed)
+    return fit_checkpoint("cifar_cnn_dws", model, train, test, epochs=20, lr=0.2, weight_decay=5e-4,
+                          label_smoothing=0.1, seed=seed, device=device, progress=progress)
+
+
 def cifar_cnn_slim(seed=0, device=None, progress=True):
     """Network slimming (Liu et al. 2017, notebook 04): the cifar_cnn recipe with
     1.7e-3 * sum |gamma| added to the loss.
@@ -236,6 +245,6 @@ def lenet5_dc(seed=0, device=None, progress=True, directory=CHECKPOINT_DIR):
 
 
 # Checkpoint name -> the function that makes it (what `checkpoints retrain NAME` calls).
-BY_NAME = {f.__name__: f for f in (lenet300, lenet5, cifar_cnn, cifar_cnn_pruned, cifar_cnn_slim, mlp1200,
+BY_NAME = {f.__name__: f for f in (lenet300, lenet5, cifar_cnn, cifar_cnn_dws, cifar_cnn_pruned, cifar_cnn_slim, mlp1200,
                                    mlp800, mlp800_kd, mlp800_kd_no3, cifar_cnn_tucker, cifar_cnn_pruned_kd,
                                    lenet300_dc, lenet5_dc)}

@@ -40,7 +40,7 @@ def readme_run_times(readme: str) -> dict[str, str]:
     section = readme.split("## The notebooks", 1)[1].split("\n## ", 1)[0]
     times = {}
     for line in section.splitlines():
-        m = re.match(rf"\|\s*`(\d\d_\w+)`\s*\|.*\|\s*({TIME})\s*\|\s*$", line)
+        m = re.match(rf"\|\s*`(\d\d[a-z]?_\w+)`\s*\|.*\|\s*({TIME})\s*\|\s*$", line)
         if m:
             times[m.group(1)] = m.group(2)
     return times
@@ -69,7 +69,7 @@ def guide_sections(guide: str) -> dict[str, str]:
     sections = {}
     parts = re.split(r"^(#{2,3} .*)$", guide, flags=re.M)
     for heading, body in zip(parts[1::2], parts[2::2]):
-        m = re.match(r"### `?(\d\d_\w+)`?\s*$", heading)
+        m = re.match(r"### `?(\d\d[a-z]?_\w+)`?\s*$", heading)
         if m:
             sections[m.group(1)] = body
     return sections
@@ -82,7 +82,7 @@ def guide_run_times(guide: str) -> list[tuple[str, str]]:
     for stem, body in guide_sections(guide).items():
         quoted += [(stem, m) for m in re.findall(rf"\*\*Run time:?\*\*:?\s*({TIME})", body)]
     for line in guide.splitlines():
-        m = re.match(r"\|\s*`(\d\d_\w+)`\s*\|(.*)$", line)
+        m = re.match(r"\|\s*`(\d\d[a-z]?_\w+)`\s*\|(.*)$", line)
         if m:
             quoted += [(m.group(1), t) for t in re.findall(TIME, m.group(2))]
     return quoted

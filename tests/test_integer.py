@@ -259,3 +259,25 @@ def test_the_zoo_cifar_cnn_in_integers_gives_onnx_runtimes_codes(tmp_path):
             assert bool(near_a_half(acc, p)[diff > 0].all()), name
             changed += int((layer(q_x, pair_saturation=True) != ours).sum())
         assert (changed == 0) == rr, f"reduce_range={rr}: {changed} codes changed by 16-bit pairs"
+
+
+def dense_pair_sums(cols, w):
+    """The reference: every adjacent pair of products summed and clamped to int16."""
+    if cols.shape[-1] % 2:
+        cols, w = nn.functional.pad(cols, (0, 1)), nn.functional.pad(w, (0, 1))
+    pairs = torch.einsum("nlgjt,gojt->nlgoj", cols.unflatten(-1, (-1, 2)), w.unflatten(-1, (-1, 2)))
+    return pairs.clamp(-2 ** 15, 2 ** 15 - 1).sum(-1)
+
+
+@pytest.mark.parametrize("k,groups", [(27, 1), (32, 2), (9, 4)])
+def test_the_sparse_saturation_equals_clamping_every_pair(k, groups):
+    """Only pairs whose weights share a sign with 255 (|a| + |b|) > 32767 are clamped: the same
+    sums as clamping all of them, on inputs full of 255s and weights full of +-127s."""
+    g = torch.Generator().manual_seed(k)
+    cols = torch.where(torch.rand(3, 5, groups, k, generator=g) < 0.5, 255,
+                       torch.randint(0, 256, (3, 5, groups, k), generator=g))
+    w = torch.where(torch.rand(groups, 6, k, generator=g) < 0.4, 127 * torch.randint(-1, 2, (groups, 6, k), generator=g),
+                    torch.randint(-127, 128, (groups, 6, k), generator=g))
+    reference = dense_pair_sums(cols, w)
+    assert torch.equal(I.dot(cols, w, pair_saturation=True), reference)
+    assert not torch.equal(I.dot(cols, w), reference)  # the data do saturate

@@ -9,7 +9,7 @@ from .test_guide import minutes, readme_run_times
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9]*.ipynb"))
-EXPLORERS = {"01": "sparsity", "06": "bits", "07": "temperature"}
+EXPLORERS = {"01": "sparsity", "06b": "bits", "07": "temperature"}
 
 
 def code_cells(path):

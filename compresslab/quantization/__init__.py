@@ -10,9 +10,13 @@ One module per concern, each stating its math in its docstring:
 * ``nonuniform``  k-means codebooks, powers of two, binary and ternary weights;
 * ``quantizers``  model-level quantizers: ``quantize_model``, ``calibrate`` (PTQ), training
                   through them (QAT), ``remove_quantization``;
-* ``size``        bytes of a quantized model, sensitivity scans and mixed-precision bit allocation.
+* ``size``        bytes of a quantized model, sensitivity scans and mixed-precision bit allocation;
+* ``adaround``    AdaRound (Nagel et al. 2020): learned rounding, up or down, per weight;
+* ``equalization`` data-free quantization (Nagel et al. 2019): cross-layer equalization, bias
+                  correction; and BatchNorm re-estimation.
 
-Every public name is re-exported here, so ``from compresslab import quantization as Q`` and
+Every public name of the first six is re-exported here (``adaround`` and ``equalization`` are
+imported as modules: ``from compresslab.quantization import adaround``), so ``from compresslab import quantization as Q`` and
 ``Q.qparams(...)``, ``Q.quantize_model(...)``, ... work whatever module defines them.
 
 Deployment: fake quantization is only a simulation; it runs at float speed. Real int8

@@ -36,8 +36,7 @@ from torch.nn import functional as F
 
 from .. import checks
 from ..metrics import prunable_layers
-from ..train import model_device
-from .quantizers import quantized_layers
+from .quantizers import quantized_layers, run_batches
 
 LAYERS = (nn.Conv2d, nn.Linear)
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -58,16 +57,10 @@ def flat_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
 def fold_batchnorm(model: nn.Sequential) -> nn.Sequential:
     """``integer.fold_batchnorm`` across max-pools, where every BN must fold: equalization needs
     each channel's scale to pass from one layer to the next (the folding lives in integer.py)."""
-    from ..integer import commutes_with_maxpool, fold_batchnorm as fold
+    from ..integer import fold_batchnorm as fold
 
-    folded = fold(model, through_maxpool=True)
-    for name, m in flat_modules(folded):
-        if isinstance(m, BATCHNORMS):
-            why = ("a max-pool sits between it and its conv, and some channels have γ/σ < 0: "
-                   "max(a z) = a min(z) there" if not commutes_with_maxpool(m) else
-                   "it does not follow a conv / linear layer (at most a max-pool between)")
-            raise ValueError(f"BatchNorm {name!r} cannot be folded: {why}.")
-    return folded
+    checks.module(model, "model", nn.Sequential)
+    return fold(model, through_maxpool=True, strict=True)
 
 # ---------------------------------------------------------------- cross-layer equalization
 
@@ -168,21 +161,6 @@ def weight_error_output(layer: nn.Module, x: torch.Tensor, eps: torch.Tensor) ->
     return y.mean(dim=(0, 2, 3))                                            # (O,)
 
 
-def run_batches(model: nn.Module, loader, batches: int) -> int:
-    """Feed up to ``batches`` batches (inputs, or (inputs, labels) pairs) through the model;
-    returns how many it got (at least one, or it raises)."""
-    device, seen = model_device(model), 0
-    for batch in loader:
-        model((batch[0] if isinstance(batch, (tuple, list)) else batch).to(device))
-        seen += 1
-        if seen == batches:
-            break
-    if seen == 0:
-        raise ValueError("The loader gave no batch: pass a non-empty one, e.g. "
-                         "ds.loader('train', 128, subset=512).")
-    return seen
-
-
 @torch.no_grad()
 def correct_bias(model: nn.Module, loader, batches: int = 4) -> nn.Module:
     """Empirical bias correction in place: b <- b - E[ε x] for every weight-quantized layer
@@ -223,7 +201,9 @@ def correct_bias(model: nn.Module, loader, batches: int = 4) -> nn.Module:
 def reestimate_bn(model: nn.Module, loader, batches: int = 4) -> nn.Module:
     """Recompute every BatchNorm's running mean / variance over ``batches`` batches: stats reset,
     momentum None (a cumulative average: the mean of the batch means and of the batches'
-    unbiased variances), only the BNs in train mode, no gradient; back to eval mode."""
+    unbiased variances), only the BNs in train mode, no gradient; back to eval mode.
+    Feed images as training fed them (augmented): the later layers were trained on features
+    normalized with those statistics, and plain images' statistics differ (no padded crops)."""
     checks.integer(batches, "batches", 1, example=4)
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
@@ -235,7 +215,7 @@ def reestimate_bn(model: nn.Module, loader, batches: int = 4) -> nn.Module:
         m.momentum = None
         m.train()
     try:
-        run_batches(model, loader, batches)
+        run_batches(model, loader, batches, eval_mode=False)  # the BNs stay in train mode
     finally:
         for m, mom in zip(bns, momenta):
             m.momentum = mom

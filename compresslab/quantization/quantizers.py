@@ -209,12 +209,14 @@ def calibrate(model: nn.Module, loader, batches: int = 10) -> nn.Module:
 
 
 @torch.no_grad()
-def run_batches(model: nn.Module, loader, batches: int | None) -> int:
+def run_batches(model: nn.Module, loader, batches: int | None, eval_mode: bool = True) -> int:
     """Forward ``batches`` batches of ``loader`` (inputs, or (inputs, labels) pairs; None: all)
-    through the model in eval mode, for the hooks or observers that watch it; the model's mode
-    is restored. An empty loader is an error: calibration on nothing gives no ranges."""
+    through the model in eval mode (``eval_mode=False``: in the modes its modules are in), for
+    the hooks or observers that watch it; the model's mode is restored. Returns how many
+    batches ran. An empty loader is an error: calibration on nothing gives no ranges."""
     device, was_training, seen = model_device(model), model.training, 0
-    model.eval()
+    if eval_mode:
+        model.eval()
     try:
         for batch in loader:
             model((batch[0] if isinstance(batch, (tuple, list)) else batch).to(device))
@@ -222,7 +224,8 @@ def run_batches(model: nn.Module, loader, batches: int | None) -> int:
             if seen == batches:
                 break
     finally:
-        model.train(was_training)
+        if eval_mode:
+            model.train(was_training)
     if seen == 0:
         raise ValueError("The calibration loader gave no batch: pass a non-empty loader "
                          "(e.g. ds.loader('train', 64, subset=512)).")
