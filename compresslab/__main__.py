@@ -7,9 +7,10 @@
     python -m compresslab checkpoints retrain [NAMES] [--force] [--out DIR]
     python -m compresslab experiments kd-cifar [--force] [--out DIR]   # long runs notebooks read
     python -m compresslab exercises                    # regenerate notebooks/exercises/
+    python -m compresslab exercises --nbgrader COURSE [00 ...]   # an autograded nbgrader course
     python -m compresslab run [07 08 ...]              # execute notebooks headless: status + run time
     python -m compresslab report [--readme]            # the headline results as a Markdown table
-    python -m compresslab bench [epoch|structured|int8|tucker|notebooks]   # speed figures
+    python -m compresslab bench [epoch|structured|int8|tucker|notebooks|avx2]   # speed figures (avx2: emulated)
 """
 from __future__ import annotations
 
@@ -60,6 +61,12 @@ def cmd_experiments(args) -> int:
 def cmd_exercises(args) -> int:
     from . import exercises
 
+    if args.nbgrader:
+        paths = [p for p in exercises.notebook_paths(args.notebooks) if p in exercises.notebooks_with_exercises()]
+        for path in exercises.write_nbgrader_course(args.nbgrader, paths, args.assignment):
+            print(f"wrote {path}")
+        print(f"next: cd {args.nbgrader} && nbgrader generate_assignment {args.assignment}")
+        return 0
     for path in exercises.write_student_copies():
         print(f"wrote {path.relative_to(exercises.ROOT)}")
     return 0
@@ -132,7 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--device", default=None, help="cpu, cuda or mps (default: best available)")
     x.set_defaults(run=cmd_experiments)
 
-    e = sub.add_parser("exercises", help="regenerate the student copies in notebooks/exercises/")
+    e = sub.add_parser("exercises", help="regenerate the student copies in notebooks/exercises/, or write an nbgrader course")
+    e.add_argument("--nbgrader", type=Path, metavar="COURSE", default=None,
+                   help="instead: write autograded nbgrader source notebooks into this course folder")
+    e.add_argument("--assignment", default="lab", help="the nbgrader assignment's name (default: lab)")
+    e.add_argument("notebooks", nargs="*", metavar="NOTEBOOK", help="with --nbgrader: numbers or names (default: all)")
     e.set_defaults(run=cmd_exercises)
 
     r = sub.add_parser("run", help="execute notebooks headless (will the lab work on this machine?)")

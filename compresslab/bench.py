@@ -7,6 +7,8 @@
     python -m compresslab bench notebooks   # execute every notebook in a fresh kernel, time each
                                             # (= python -m compresslab run)
     python -m compresslab bench             # all of them
+    python -m compresslab bench avx2        # not in "all": notebook 06a's int8 options on an emulated
+                                            # AVX2-only CPU (needs QEMU; accuracy, not speed)
 """
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from .data import ROOT, load_dataset
+from .data import load_dataset
+from .exercises import notebook_paths
 from .models import build_model
 from .train import fit
 
@@ -124,17 +127,68 @@ def bench_tucker(rounds: int = 5) -> dict[int, float]:
     return out
 
 
-def notebook_paths(names=None) -> list[Path]:
-    """The numbered notebooks, or those whose file name starts with one of ``names`` ("07", "07_distillation")."""
-    every = sorted((ROOT / "notebooks").glob("[0-9]*.ipynb"))
-    if not names:
-        return every
-    chosen = [p for p in every if any(p.name.startswith(n) for n in names)]
-    unknown = [n for n in names if not any(p.name.startswith(n) for p in every)]
-    if unknown:
-        raise ValueError(f"No notebook matches {unknown}: choose from {[p.stem for p in every]}.")
-    return chosen
+EMULATED_CPU = "Haswell"  # QEMU's model of an AVX2 CPU: AVX2 and FMA, no AVX-512, no VNNI
 
+# Runs under the emulator: numpy and onnxruntime only (importing torch there would take minutes).
+ORT_ONLY = """
+import sys, numpy as np, onnxruntime as ort
+probe, x, y, paths = sys.argv[1], np.load(sys.argv[2]), np.load(sys.argv[3]), sys.argv[4:]
+s = ort.InferenceSession(probe, providers=["CPUExecutionProvider"])
+a = np.full(s.get_inputs()[0].shape, 255, dtype=np.uint8)
+print(int(s.run(None, {s.get_inputs()[0].name: a})[0].min()), flush=True)
+for path in paths:
+    s = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    name = s.get_inputs()[0].name
+    pred = np.concatenate([s.run(None, {name: x[i:i + 250]})[0].argmax(1) for i in range(0, len(x), 250)])
+    print(100 * (pred == y).mean(), flush=True)
+"""
+
+
+def bench_avx2(images: int = 1000) -> dict[str, dict[str, float]]:
+    """Notebook 06a's int8 options on an AVX2-only CPU, whatever CPU runs this: QEMU's user-mode
+    emulator (``qemu-x86_64 -cpu Haswell``) reports an AVX2 CPU without VNNI to ONNX Runtime,
+    which then picks its AVX2 kernels, whose u8 x s8 pair sums saturate in int16 as on real
+    hardware. Quantized and exported natively; the same files run natively and emulated.
+    Emulation is slow (about 6 minutes for 1,000 images through four models): accuracy only."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    import numpy as np
+
+    from . import deploy, zoo
+
+    qemu = shutil.which("qemu-x86_64")
+    if qemu is None:
+        raise SystemExit("bench avx2 needs QEMU's user-mode emulator qemu-x86_64 (x86-64 Linux; on Debian "
+                         "or Ubuntu: `apt install qemu-user`).")
+    ds = load_dataset("cifar10")
+    model = zoo.load_pretrained("cifar_cnn", "cpu")
+    calib = ds.loader("train", 128, subset=256)
+    xs, ys = zip(*ds.loader("test", 500, subset=images))
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        np.save(tmp / "x.npy", torch.cat(xs).numpy())
+        np.save(tmp / "y.npy", torch.cat(ys).numpy())
+        (tmp / "probe.onnx").write_bytes(deploy.saturation_probe())
+        fp32 = deploy.export_onnx(model, tmp / "fp32.onnx", (3, 32, 32))
+        options = {"ORT fp32": fp32}
+        for name, kw in {"int8, s8 weights, 8-bit": dict(reduce_range=False),
+                         "int8, s8 weights, 7-bit (reduce_range)": dict(reduce_range=True),
+                         "int8, u8 weights (U8U8)": dict(reduce_range=False, weight_type="uint8")}.items():
+            options[name] = deploy.quantize_onnx_int8(fp32, tmp / f"{len(options)}.onnx", calib, **kw)
+        args = [sys.executable, "-c", ORT_ONLY, str(tmp / "probe.onnx"), str(tmp / "x.npy"), str(tmp / "y.npy"),
+                *map(str, options.values())]
+        results = {}
+        for where, prefix in (("this CPU", []), (f"emulated {EMULATED_CPU} (AVX2)", [qemu, "-cpu", EMULATED_CPU])):
+            out = subprocess.run(prefix + args, capture_output=True, text=True, check=True).stdout.split()
+            print(f"{where}: the probe's int32 sum {int(out[0]):,} (exact {deploy.PROBE_K * 255 * 127:,}: "
+                  f"{'saturated' if int(out[0]) != deploy.PROBE_K * 255 * 127 else 'no saturation'})")
+            results[where] = dict(zip(options, map(float, out[1:])))
+    for where, acc in results.items():
+        print(f"{where}, {images:,} test images: " + ", ".join(
+            f"{n} {a:.1f}%" + ("" if n == "ORT fp32" else f" ({a - acc['ORT fp32']:+.1f})") for n, a in acc.items()))
+    return results
 
 def bench_notebooks(paths: list[Path] | None = None, timeout: int = 1800,
                     progress: bool = True) -> list[tuple[str, str, float]]:
@@ -167,7 +221,7 @@ def bench_notebooks(paths: list[Path] | None = None, timeout: int = 1800,
     return rows
 
 
-BENCHES = ["all", "epoch", "structured", "int8", "tucker", "notebooks"]
+BENCHES = ["all", "epoch", "structured", "int8", "tucker", "notebooks", "avx2"]
 
 
 def main(argv=None) -> int:
@@ -188,6 +242,8 @@ def main(argv=None) -> int:
         bench_int8()
     if args.what in ("all", "tucker"):
         bench_tucker()
+    if args.what == "avx2":
+        bench_avx2()
     ok = True
     if args.what in ("all", "notebooks"):
         ok = all(status == "ok" for _, status, _ in bench_notebooks())

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import inspect
 import tempfile
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -109,6 +110,38 @@ def calibration_arrays(calibration, batches: int | None = None) -> list:
     return arrays
 
 
+PROBE_K = 64  # the probe's reduction length: exact sum 64 * 255 * 127, saturated 32 * 32767
+
+
+def saturation_probe() -> bytes:
+    """A one-node ONNX model, ``MatMulInteger`` of uint8 A (4, K) by a constant int8 B (K, 16) of
+    127s: fed 255s, its exact int32 outputs are K * 255 * 127 = 2,072,640; kernels that add pairs
+    of products in int16 (``vpmaddubsw``, x86 without VNNI) return K/2 * 32767 = 1,048,544."""
+    require_onnx()
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    b = numpy_helper.from_array(np.full((PROBE_K, 16), 127, dtype=np.int8), "B")  # a constant, as weights are
+    graph = helper.make_graph([helper.make_node("MatMulInteger", ["A", "B"], ["Y"])], "probe",
+                              [helper.make_tensor_value_info("A", TensorProto.UINT8, [4, PROBE_K])],
+                              [helper.make_tensor_value_info("Y", TensorProto.INT32, [4, 16])], [b])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = min(model.ir_version, 8)  # readable by older ORT releases too
+    return model.SerializeToString()
+
+
+@lru_cache(maxsize=None)
+def ort_int8_saturates() -> bool:
+    """Does ONNX Runtime's u8 x s8 matrix product saturate on this CPU? Measured, not looked up
+    (``saturation_probe``): the answer of the kernel that will run, right even where
+    /proc/cpuinfo is not (an emulator, a VM that hides features)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(saturation_probe(), providers=["CPUExecutionProvider"])
+    y = session.run(None, {"A": np.full((4, PROBE_K), 255, dtype=np.uint8)})[0]
+    return bool((y != PROBE_K * 255 * 127).any())
+
 def quantize_onnx_int8(fp32_path: str | Path, int8_path: str | Path, calibration,
                        batches: int | None = None, per_channel: bool = True,
                        reduce_range: bool | None = None, weight_type: str = "int8") -> Path:
@@ -120,8 +153,9 @@ def quantize_onnx_int8(fp32_path: str | Path, int8_path: str | Path, calibration
     ``reduce_range`` stores the weights in 7 bits ([-64, 64]). On x86 CPUs without VNNI, ORT's
     u8 x s8 kernel adds pairs of products into a 16-bit sum (``vpmaddubsw``): 2 * 255 * 127 = 64770
     overflows 32767 and saturates, silently (notebook 06a measures what that costs); with
-    7-bit weights 2 * 255 * 64 = 32640 fits. ``None`` (the default) turns it on exactly there
-    (``hardware.has_int8_dot32()`` is False), so the model is accurate on every CPU.
+    7-bit weights 2 * 255 * 64 = 32640 fits. ``None`` (the default) turns it on exactly where
+    ORT's kernel saturates on this CPU (``ort_int8_saturates()``, measured). The choice is baked
+    into the file: to deploy on a CPU other than this one, pass ``reduce_range=True``.
     ``weight_type="uint8"`` (U8U8: weights asymmetric in [0, 255]) avoids the u8 x s8 instruction
     altogether; ORT then runs its u8 x u8 kernels (their speed: measure it on your CPU)."""
     require_onnx()
@@ -133,9 +167,7 @@ def quantize_onnx_int8(fp32_path: str | Path, int8_path: str | Path, calibration
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if reduce_range is None:
-        from .hardware import has_int8_dot32
-
-        reduce_range = not has_int8_dot32()
+        reduce_range = ort_int8_saturates()
     arrays = calibration_arrays(calibration, batches)
     graph = onnx.load(str(fp32_path)).graph
     input_name = graph.input[0].name

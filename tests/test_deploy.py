@@ -24,7 +24,7 @@ def int8_weight_range(path) -> tuple[int, int]:
 def test_weights_use_7_bits_exactly_where_int8_sums_are_16_bit(tmp_path, monkeypatch, dot32):
     """Without VNNI, x86 int8 kernels add u8 x s8 pairs into int16: 2 * 255 * 127 overflows,
     2 * 255 * 64 = 32640 does not. So the default is 7-bit weights there, 8 bits elsewhere."""
-    monkeypatch.setattr(hardware, "has_int8_dot32", lambda: dot32)
+    monkeypatch.setattr(deploy, "ort_int8_saturates", lambda: not dot32)
     torch.manual_seed(0)
     model = nn.Sequential(OrderedDict([("conv", nn.Conv2d(3, 8, 3)), ("relu", nn.ReLU()),
                                        ("flat", nn.Flatten()), ("fc", nn.Linear(8 * 6 * 6, 10))])).eval()
@@ -35,6 +35,36 @@ def test_weights_use_7_bits_exactly_where_int8_sums_are_16_bit(tmp_path, monkeyp
         assert high == 127 or low == -127, "8-bit weights use the whole grid"
     else:
         assert -64 <= low and high <= 64 and (high == 64 or low == -64), "7-bit weights: [-64, 64]"
+
+
+def test_the_saturation_probe_measures_what_the_cpu_features_predict():
+    """The probe runs ORT's kernel; /proc/cpuinfo predicts it. They agree on real hardware (an
+    emulator that hides VNNI from ORT but not from /proc/cpuinfo is where the probe is right)."""
+    saturates = deploy.ort_int8_saturates()
+    assert isinstance(saturates, bool)
+    assert saturates == (not hardware.has_int8_dot32()), (
+        f"ONNX Runtime's u8 x s8 product {'saturates' if saturates else 'does not saturate'} on this CPU, "
+        f"but /proc/cpuinfo lists {hardware.isa_features()}")
+
+
+def test_the_saturation_probe_tells_an_exact_sum_from_a_saturated_one(monkeypatch):
+    """The probe's verdict comes from the numbers ORT returns: exact 2,072,640 -> no saturation,
+    32 pairs clipped at 32,767 -> saturation."""
+    import numpy as np
+    import onnxruntime as ort
+
+    for value, expected in ((64 * 255 * 127, False), (32 * 32767, True)):
+        class FakeSession:
+            def __init__(self, *args, **kwargs):
+                pass
+
+            def run(self, outputs, feeds, value=value):
+                return [np.full((4, 16), value, dtype=np.int32)]
+
+        monkeypatch.setattr(ort, "InferenceSession", FakeSession)
+        deploy.ort_int8_saturates.cache_clear()
+        assert deploy.ort_int8_saturates() is expected
+    deploy.ort_int8_saturates.cache_clear()
 
 
 def test_hardware_summary_names_the_cpu_and_its_int8_path():

@@ -75,3 +75,24 @@ def test_paired_gap_cancels_what_both_sides_share():
         experiments.paired_gap([1.0], [0.0])
     with pytest.raises(ValueError, match="same runs on both sides"):
         experiments.paired_gap([1.0, 2.0, 3.0], [0.0, 1.0])
+
+
+def test_bench_avx2_without_qemu_says_how_to_get_it(monkeypatch):
+    import shutil
+
+    from compresslab import bench
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(SystemExit, match="apt install qemu-user"):
+        bench.bench_avx2()
+
+
+def test_the_emulated_script_imports_no_torch():
+    """Under QEMU, importing torch takes minutes: the script that runs there uses numpy and ORT."""
+    import ast
+
+    from compresslab import bench
+
+    imported = {alias.name.split(".")[0] for node in ast.walk(ast.parse(bench.ORT_ONLY))
+                if isinstance(node, ast.Import) for alias in node.names}
+    assert imported == {"sys", "numpy", "onnxruntime"}
