@@ -61,6 +61,8 @@ def cmd_experiments(args) -> int:
 def cmd_exercises(args) -> int:
     from . import exercises
 
+    if args.notebooks and not args.nbgrader:
+        raise ValueError("notebook names go with --nbgrader COURSE; plain `exercises` regenerates every student copy.")
     if args.nbgrader:
         paths = [p for p in exercises.notebook_paths(args.notebooks) if p in exercises.notebooks_with_exercises()]
         for path in exercises.write_nbgrader_course(args.nbgrader, paths, args.assignment):

@@ -64,8 +64,7 @@ def notebook_paths(names=None) -> list[Path]:
 
 
 def notebooks_with_exercises() -> list[Path]:
-    return [p for p in sorted(NOTEBOOKS.glob("[0-9]*.ipynb"))
-            if "### BEGIN SOLUTION" in p.read_text(encoding="utf-8")]
+    return [p for p in notebook_paths() if "### BEGIN SOLUTION" in p.read_text(encoding="utf-8")]
 
 
 def write_student_copies(out_dir: Path = STUDENT_DIR) -> list[Path]:
