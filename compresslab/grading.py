@@ -28,7 +28,7 @@ def reference_linear(q_x, q_w, b_q, z_x, m0, n, z_y, *, centre=True, rounding=Tr
     """The reference, and the usual mistakes (no zero-point correction, a floor shift, no clamp)."""
     acc = b_q.long() + (q_x.long() - (z_x if centre else 0)) @ q_w.long().T          # (N, O) int64
     t = acc * m0.long()
-    y = ((t + (torch.ones_like(n) << (n - 1))) >> n if rounding else t >> n) + z_y
+    y = (integer.rounding_shift(t, n) if rounding else t >> n) + z_y                  # M acc, rounded or floored
     return y.clamp(0, 255) if clamp else y
 
 
