@@ -39,7 +39,7 @@ Yardsticks, plots and tools:
 * :mod:`compresslab.bench`    speed benchmarks that print their figures
 * :mod:`compresslab.doctor`   will the workbook run on this machine?
 * :mod:`compresslab.exercises`  the student copies of the notebooks
-* :mod:`compresslab.grading`  checks for the exercises where the student writes a function
+* :mod:`compresslab.grading`  the exercise checkers: a hint for a wrong answer, never the answer
 """
 import logging as _logging
 

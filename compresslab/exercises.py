@@ -13,9 +13,13 @@ no outputs. Regenerate the copies after editing a notebook::
 
     python -m compresslab exercises
 
+The "why?" questions are answered in a markdown cell that holds only ``YOUR ANSWER HERE``
+(nbgrader's own stub for written answers); the model answers are in the instructor's guide.
+
 For an autograded nbgrader course, ``nbgrader_source`` splits every exercise cell after
 ``### END SOLUTION`` into an "autograded answer" cell and a locked "autograder tests" cell worth
-one point (nbgrader's cell metadata), and ``write_nbgrader_course`` lays out a course folder::
+one point, and marks every written answer as a manually graded cell worth one point (nbgrader's
+cell metadata); ``write_nbgrader_course`` lays out a course folder::
 
     python -m compresslab exercises --nbgrader COURSE [--assignment lab] [00 06a ...]
     cd COURSE && nbgrader generate_assignment lab     # then release, collect, autograde
@@ -31,6 +35,7 @@ from .data import ROOT
 
 NOTEBOOKS = ROOT / "notebooks"
 STUDENT_DIR = NOTEBOOKS / "exercises"
+WRITTEN_ANSWER = "YOUR ANSWER HERE"
 SOLUTION = re.compile(r"^([ \t]*)### BEGIN SOLUTION\n.*?^[ \t]*### END SOLUTION[ \t]*$", re.M | re.S)
 
 
@@ -85,10 +90,17 @@ c.Execute.timeout = 1800  # seconds per cell (nbgrader's default, 30, is shorter
 
 def nbgrader_source(nb_path: Path) -> nbformat.NotebookNode:
     """The notebook as an nbgrader source notebook: each exercise cell split into its answer
-    (``solution``) and its checks (``grade``, locked, 1 point), grade ids ``ex1``, ``ex2``, ..."""
+    (``solution``) and its checks (``grade``, locked, 1 point), grade ids ``ex1``, ``ex2``, ...;
+    each written answer a manually graded cell (``solution`` and ``grade``, 1 point), ``why1``, ..."""
     nb = nbformat.read(nb_path, as_version=4)
-    cells, n = [], 0
+    cells, n, n_why = [], 0, 0
     for cell in nb.cells:
+        if cell.cell_type == "markdown" and cell.source.strip() == WRITTEN_ANSWER:
+            n_why += 1
+            cell.metadata["nbgrader"] = {"solution": True, "grade": True, "locked": False, "points": 1,
+                                         "grade_id": f"why{n_why}", "schema_version": 3}
+            cells.append(cell)
+            continue
         if cell.cell_type != "code" or "### END SOLUTION" not in cell.source:
             cells.append(cell)
             continue

@@ -44,16 +44,29 @@ class IntegerModel(nn.Module):
         """The one float step on the way in: q_x = clamp(round(x / S_x) + Z_x, 0, 255)."""
         return torch.clamp(torch.round(x / self.x_scale) + self.x_zero_point, 0, 255).to(torch.int32)
 
-    def codes(self, q_x: torch.Tensor, pair_saturation: bool = False) -> torch.Tensor:
-        """uint8 input codes -> the last layer's uint8 output codes, in integers only.
-        ``pair_saturation``: every layer sums its u8 x s8 products in saturating int16 pairs,
-        as AVX2's ``vpmaddubsw`` does (see ``integer.py``)."""
+    @staticmethod
+    def step(step, q: torch.Tensor, pair_saturation: bool = False) -> torch.Tensor:
+        """One step on codes: an integer layer, or a max-pool / flatten (no arithmetic at all)."""
+        if isinstance(step, IntegerLayer):
+            return step(q, pair_saturation)
+        return step(q.float()).to(torch.int32)  # float only as a container: the values are codes
+
+    def inputs(self, q_x: torch.Tensor, pair_saturation: bool = False):
+        """Each step with the codes that enter it, in order: ``(step, q)`` pairs, the exact path
+        of ``codes`` (to look at, or to feed, one layer at a time)."""
         q = q_x
         for step in self.steps:
-            if isinstance(step, IntegerLayer):
-                q = step(q, pair_saturation)
-            else:  # a max-pool on codes, or flatten: no arithmetic at all
-                q = step(q.float()).to(torch.int32)  # (float only as a container: the values are codes)
+            yield step, q
+            q = self.step(step, q, pair_saturation)
+
+    def codes(self, q_x: torch.Tensor, pair_saturation: bool = False, upto: int | None = None) -> torch.Tensor:
+        """uint8 input codes -> the last layer's uint8 output codes, in integers only; with
+        ``upto=k``, the codes entering step k (``steps[:k]`` applied: ``upto=-1``, the input of
+        the last layer). ``pair_saturation``: every layer sums its u8 x s8 products in saturating
+        int16 pairs, as AVX2's ``vpmaddubsw`` does (see ``integer.py``)."""
+        q = q_x
+        for step in self.steps[:upto]:
+            q = self.step(step, q, pair_saturation)
         return q
 
     def forward(self, x: torch.Tensor, pair_saturation: bool = False) -> torch.Tensor:

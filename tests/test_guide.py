@@ -22,6 +22,7 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9]*.ipynb"))
 
 TIME = r"\d+(?:\.\d+)?(?:-\d+(?:\.\d+)?)? min"  # "1.3 min", "4.1-4.5 min"
 EXERCISE = re.compile(r"\*\*Exercise (\d+) — (.+?)\.?\*\*")  # "**Exercise 1 — parameters by hand.**"
+QUESTION = re.compile(r"\*\*Question (\d+) — (.+?)\*\*", re.S)  # "**Question 1 — why is the masked model no faster?**"
 COMMAND = re.compile(r"python -m compresslab\b([^`#>\n]*)")
 
 
@@ -46,11 +47,12 @@ def readme_run_times(readme: str) -> dict[str, str]:
     return times
 
 
-def notebook_exercises(path: Path) -> list[tuple[str, str]]:
-    """(number, title) of every "**Exercise N — title.**" in a notebook's markdown cells."""
+def notebook_exercises(path: Path, pattern: re.Pattern = EXERCISE) -> list[tuple[str, str]]:
+    """(number, title) of every "**Exercise N — title.**" (or, with ``QUESTION``, every
+    "**Question N — title?**") in a notebook's markdown cells."""
     nb = nbformat.read(path, as_version=4)
-    return [m.groups() for cell in nb.cells if cell.cell_type == "markdown"
-            for m in EXERCISE.finditer(cell.source)]
+    return [(m[1], " ".join(m[2].split())) for cell in nb.cells if cell.cell_type == "markdown"
+            for m in pattern.finditer(cell.source)]  # a title may wrap over lines
 
 
 def minutes(figure: str) -> tuple[float, float]:
@@ -124,19 +126,19 @@ def unsourced_minutes(guide: str, sources: list[str], readme: str) -> list[str]:
     return problems
 
 
-def missing_exercises(guide: str, exercises: dict[str, list[tuple[str, str]]]) -> list[str]:
-    """Every exercise of a notebook is listed, under its number and title, in that notebook's
-    section, and the section lists no other exercise."""
+def missing_exercises(guide: str, exercises: dict[str, list[tuple[str, str]]], kind: str = "Exercise") -> list[str]:
+    """Every exercise (or question) of a notebook is listed, under its number and title, in that
+    notebook's section, and the section lists no other."""
     sections = guide_sections(guide)
     problems = []
     for stem, found in exercises.items():
         body = sections.get(stem, "")
         for number, title in found:
-            if f"Exercise {number} — {title}" not in body:
-                problems.append(f"{stem}: 'Exercise {number} — {title}' is not in its section")
-        listed = re.findall(r"^\s*- Exercise (\d+) — ", body, flags=re.M)
+            if f"{kind} {number} — {title}" not in body:
+                problems.append(f"{stem}: '{kind} {number} — {title}' is not in its section")
+        listed = re.findall(rf"^\s*- {kind} (\d+) — ", body, flags=re.M)
         if sorted(listed) != sorted(n for n, _ in found):
-            problems.append(f"{stem}: the guide lists exercises {listed}, the notebook has {[n for n, _ in found]}")
+            problems.append(f"{stem}: the guide lists {kind.lower()}s {listed}, the notebook has {[n for n, _ in found]}")
     return problems
 
 
@@ -200,6 +202,18 @@ def test_every_exercise_is_in_the_guide():
     assert missing_exercises(guide_text(), exercises) == []
 
 
+def test_every_question_has_a_model_answer_in_the_guide():
+    questions = {p.stem: notebook_exercises(p, QUESTION) for p in NOTEBOOKS}
+    assert all(2 <= len(q) <= 3 for q in questions.values()), \
+        f"2-3 'why?' questions per notebook: {({stem: len(q) for stem, q in questions.items()})}"
+    assert missing_exercises(guide_text(), questions, "Question") == []
+    sections = guide_sections(guide_text())
+    for stem, found in questions.items():
+        for number, title in found:
+            answer = sections[stem].split(f"Question {number} — {title}", 1)[-1].split("\n  - ", 1)[0]
+            assert len(answer.strip(" :\n")) > 80, f"{stem}: question {number} has no model answer in the guide"
+
+
 def test_the_guide_names_commands():
     names = {argv[0] for argv in commands_in(guide_text()) if argv}
     assert {"doctor", "run", "datasets", "checkpoints"} <= names
@@ -236,6 +250,9 @@ def test_checks_catch_a_wrong_guide(cli_parser):
     number, title = notebook_exercises(NOTEBOOKS[0])[0]
     renamed = guide.replace(f"Exercise {number} — {title}", f"Exercise {number} — something else", 1)
     assert missing_exercises(renamed, {first: notebook_exercises(NOTEBOOKS[0])})
+    number, title = notebook_exercises(NOTEBOOKS[0], QUESTION)[0]
+    renamed = guide.replace(f"Question {number} — {title}", f"Question {number} — something else", 1)
+    assert missing_exercises(renamed, {first: notebook_exercises(NOTEBOOKS[0], QUESTION)}, "Question")
 
     assert "nosuchcommand" not in subcommands(cli_parser)
     assert bad_command(cli_parser, ["run", "--timeout"]) is not None

@@ -101,3 +101,17 @@ def test_the_zoo_cifar_cnn_in_integers_keeps_its_accuracy():
     acc_f, acc_i = [100 * float((p.argmax(1) == labels).float().mean()) for p in (ref, got)]
     assert abs(acc_f - acc_i) <= 1.0, (acc_f, acc_i)
     assert float((ref.argmax(1) == got.argmax(1)).float().mean()) >= 0.97
+
+
+def test_the_codes_entering_each_step_are_those_the_model_computes_on_its_way():
+    im = IM.to_integer(small_model(), batches())
+    q_x = im.quantize_input(batches(1, seed=4)[0])
+    pairs = list(im.inputs(q_x))
+    assert [s for s, _ in pairs] == im.steps and torch.equal(pairs[0][1], q_x)
+    for k, (step, q) in enumerate(pairs):
+        assert torch.equal(im.codes(q_x, upto=k), q)                     # the codes entering step k
+        nxt = pairs[k + 1][1] if k + 1 < len(pairs) else im.codes(q_x)  # and step k maps them onward
+        assert torch.equal(im.step(step, q), nxt)
+    last = im.steps[-1]
+    assert torch.equal(last(im.codes(q_x, upto=-1)), im.codes(q_x))
+    assert torch.equal(im.codes(q_x, upto=len(im.steps)), im.codes(q_x))

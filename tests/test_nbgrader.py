@@ -18,15 +18,26 @@ NOTEBOOK = exercises.NOTEBOOKS / "00_setup_and_baselines.ipynb"
 
 def test_each_exercise_cell_becomes_an_answer_and_a_locked_one_point_check():
     nb = exercises.nbgrader_source(NOTEBOOK)
-    meta = [c.metadata["nbgrader"] for c in nb.cells if "nbgrader" in c.metadata]
-    assert [m["grade_id"] for m in meta] == ["ex1", "ex1_checks", "ex2", "ex2_checks", "ex3", "ex3_checks"]
+    meta = [c.metadata["nbgrader"] for c in nb.cells if "nbgrader" in c.metadata and c.cell_type == "code"]
+    assert [m["grade_id"] for m in meta] == [f"ex{i}{part}" for i in range(1, 6) for part in ("", "_checks")]
     answers, checks = meta[0::2], meta[1::2]
     assert all(m["solution"] and not m["grade"] and not m["locked"] for m in answers)
     assert all(m["grade"] and m["locked"] and m["points"] == 1 and not m["solution"] for m in checks)
-    cells = [c for c in nb.cells if "nbgrader" in c.metadata]
+    cells = [c for c in nb.cells if "nbgrader" in c.metadata and c.cell_type == "code"]
     assert all(c.source.rstrip().endswith("### END SOLUTION") for c in cells[0::2])
-    assert all("assert" in c.source and "SOLUTION" not in c.source for c in cells[1::2])
+    assert all("grading." in c.source and "SOLUTION" not in c.source for c in cells[1::2])
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
+
+
+def test_each_written_answer_becomes_a_manually_graded_cell():
+    nb = exercises.nbgrader_source(NOTEBOOK)
+    written = [c for c in nb.cells if c.cell_type == "markdown" and "nbgrader" in c.metadata]
+    assert [c.metadata["nbgrader"]["grade_id"] for c in written] == ["why1", "why2", "why3"]
+    assert all(c.source.strip() == exercises.WRITTEN_ANSWER for c in written)
+    assert all(m["solution"] and m["grade"] and not m["locked"] and m["points"] == 1
+               for m in (c.metadata["nbgrader"] for c in written))
+    questions = [nb.cells[nb.cells.index(c) - 1].source for c in written]
+    assert all(q.startswith(f"**Question {i} — ") for i, q in enumerate(questions, 1))
 
 
 def test_a_course_is_written_once_and_never_overwritten(tmp_path):
@@ -89,8 +100,8 @@ def test_nbgrader_autogrades_full_marks_zero_and_exactly_one_lost_point(tmp_path
         folder.mkdir(parents=True)
         nbformat.write(nb, folder / NOTEBOOK.name)
     nbgrader(course, "autograde", "lab", "--create")
-    expected = {"solved": [1, 1, 1], "unsolved": [0, 0, 0], "one_wrong": [1, 0, 1]}
+    expected = {"solved": [1, 1, 1, 1, 1], "unsolved": [0, 0, 0, 0, 0], "one_wrong": [1, 0, 1, 1, 1]}
     with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
-        scores = {s: [gb.find_grade(f"ex{i}_checks", NOTEBOOK.stem, "lab", s).score for i in (1, 2, 3)]
+        scores = {s: [gb.find_grade(f"ex{i}_checks", NOTEBOOK.stem, "lab", s).score for i in range(1, 6)]
                   for s in students}
     assert scores == expected
