@@ -9,7 +9,7 @@ Workflow (exported at the root):
 
 * :mod:`compresslab.data`     MNIST / CIFAR-10 as in-memory tensors, offline-ready caches
 * :mod:`compresslab.models`   LeNet-300-100, LeNet-5 (Caffe), a small VGG-style CIFAR CNN (and its
-                              depthwise-separable twin), Hinton et al.'s MNIST teacher and student
+                              depthwise-separable twin), Hinton et al.'s MNIST teacher and student, a small vision transformer
 * :mod:`compresslab.train`    fit / fine_tune / evaluate / predict, seeded and device-agnostic
 * :mod:`compresslab.zoo`      loading the pretrained checkpoints, with verified checksums
 * :mod:`compresslab.recipes`  how each checkpoint was made: one plain function per checkpoint
@@ -24,6 +24,9 @@ Techniques:
 * :mod:`compresslab.factorization`  truncated SVD, Tucker-2, separable and depthwise-separable convs
 * :mod:`compresslab.coding`   Huffman coding and relative indices for sparse positions
 * :mod:`compresslab.deep_compression`  Deep Compression's pipeline and the bytes of each stage
+* :mod:`compresslab.transformer`  a ViT's heads and MLP neurons: importance, masks, surgery
+* :mod:`compresslab.tome`     token merging (ToMe): bipartite soft matching, proportional attention
+* :mod:`compresslab.costs`    a transformer's FLOPs and CPU time per family of operations
 * :mod:`compresslab.deploy`   ONNX export and real int8 with ONNX Runtime
 * :mod:`compresslab.integer`  integer-only inference: BN folding, fixed-point requantization, int8 conv / linear bit-exact with ONNX Runtime
 * :mod:`compresslab.integer_model`  a whole CNN in integers: calibrate once, then codes in, codes out

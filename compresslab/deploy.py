@@ -144,7 +144,8 @@ def ort_int8_saturates() -> bool:
 
 def quantize_onnx_int8(fp32_path: str | Path, int8_path: str | Path, calibration,
                        batches: int | None = None, per_channel: bool = True,
-                       reduce_range: bool | None = None, weight_type: str = "int8") -> Path:
+                       reduce_range: bool | None = None, weight_type: str = "int8",
+                       op_types: list[str] | None = None) -> Path:
     """ONNX Runtime static quantization to int8 (QDQ format): weights int8 symmetric
     (per output channel), activations uint8 asymmetric with min / max ranges from the
     calibration batches. ORT then fuses DequantizeLinear -> Conv -> QuantizeLinear into
@@ -157,7 +158,9 @@ def quantize_onnx_int8(fp32_path: str | Path, int8_path: str | Path, calibration
     ORT's kernel saturates on this CPU (``ort_int8_saturates()``, measured). The choice is baked
     into the file: to deploy on a CPU other than this one, pass ``reduce_range=True``.
     ``weight_type="uint8"`` (U8U8: weights asymmetric in [0, 255]) avoids the u8 x s8 instruction
-    altogether; ORT then runs its u8 x u8 kernels (their speed: measure it on your CPU)."""
+    altogether; ORT then runs its u8 x u8 kernels (their speed: measure it on your CPU).
+    ``op_types``: the ONNX operators to quantize (default: all but BatchNormalization); a
+    transformer keeps Softmax, LayerNormalization and Gelu in float with ["MatMul", "Gemm", "Conv"]."""
     require_onnx()
     if weight_type not in ("int8", "uint8"):
         raise ValueError(f"weight_type must be 'int8' (ORT's default, u8 x s8 kernels) or 'uint8' (U8U8); got {weight_type!r}.")
@@ -173,7 +176,7 @@ def quantize_onnx_int8(fp32_path: str | Path, int8_path: str | Path, calibration
     input_name = graph.input[0].name
     # A BatchNorm that follows a pooling layer cannot be folded into its conv; it runs in float
     # either way, and quantizing its per-channel parameters only produces warnings.
-    ops = sorted({n.op_type for n in graph.node} - {"BatchNormalization"})
+    ops = sorted({n.op_type for n in graph.node} - {"BatchNormalization"}) if op_types is None else list(op_types)
 
     class Reader(CalibrationDataReader):
         def __init__(self):

@@ -1,7 +1,8 @@
 """Knowledge distillation: a small student learns from a big teacher's outputs and features.
 
-(A little over 350 lines on purpose: its three parts, the loss, the feature hints and the teacher
-computed once, are read in order in notebook 07, and ``distillation_loss_fn`` joins all three.)
+(About 400 lines on purpose: its three parts, the loss, the feature hints and the teacher
+computed once, are read in order in notebook 07, and ``distillation_loss_fn`` joins all three;
+DeiT's hard-label loss, used for notebook 10's ViT, sits next to the soft one.)
 
 **Soft targets** (Hinton, Vinyals & Dean 2015). A softmax at temperature T,
 
@@ -304,6 +305,21 @@ def teacher_outputs(teacher: nn.Module, x: torch.Tensor, layer: str | None = Non
     with feature_hooks(teacher, [layer] if layer else []) as feats:
         logits = teacher(x)
     return logits, feats.get(layer)
+
+
+def hard_distillation_loss_fn(teacher: nn.Module, label_smoothing: float = 0.1):
+    """DeiT's hard-label distillation (Touvron et al. 2021) as a ``loss_fn`` for ``fit``:
+
+    loss = 1/2 CE(z_s, y) + 1/2 CE(z_s, argmax z_t)
+
+    The teacher's top class on the very same (augmented) image is a second label; unlike the
+    true one it follows the crop (a crop that lost the object gets the teacher's best guess).
+    Label smoothing applies to the true label only, as in DeiT."""
+    def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        teacher_labels = teacher_outputs(teacher, x)[0].argmax(1)
+        z = model(x)
+        return 0.5 * (F.cross_entropy(z, y, label_smoothing=label_smoothing) + F.cross_entropy(z, teacher_labels))
+    return loss_fn
 
 # ---------------------------------------------------------------- 3. a teacher computed once
 

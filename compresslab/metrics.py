@@ -156,16 +156,22 @@ def check_input_shape(input_shape) -> tuple[int, ...]:
 
 
 @torch.no_grad()
-def flops_by_layer(model: nn.Module, input_shape, batch_size: int = 1) -> pd.Series:
-    """FLOPs of one forward pass per conv / linear layer, from torch's flop counter."""
-    shape = check_input_shape(input_shape)
+def flop_counts(model: nn.Module, x: torch.Tensor) -> dict[str, dict]:
+    """torch's flop counter over one forward pass of ``x`` (eval mode): {"Global" or a module's
+    path: {operator: FLOPs}}."""
     was_training = model.training
     model.eval()
     counter = FlopCounterMode(display=False)
     with counter:
-        run_checked(model, example_input(model, shape, batch_size))
+        run_checked(model, x)
     model.train(was_training)
-    counts = counter.get_flop_counts()
+    return counter.get_flop_counts()
+
+
+def flops_by_layer(model: nn.Module, input_shape, batch_size: int = 1) -> pd.Series:
+    """FLOPs of one forward pass per conv / linear layer, from torch's flop counter."""
+    shape = check_input_shape(input_shape)
+    counts = flop_counts(model, example_input(model, shape, batch_size))
     # The counter names modules by their path under the root, e.g. "Sequential.conv1".
     root = type(model).__name__
     out = {name: sum(counts.get(f"{root}.{name}", {}).values())

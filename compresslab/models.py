@@ -17,9 +17,13 @@
 * ``mlp1200``   Hinton et al.'s (2015) MNIST teacher: 784-1200-1200-10, ReLU, dropout;
                 2,395,210 parameters.
 * ``mlp800``    their student: 784-800-800-10, ReLU, no dropout; 1,276,810 parameters.
+* ``vit``       a small vision transformer for CIFAR-10 (Dosovitskiy et al. 2021): 4x4 patches
+                (64 tokens), 6 pre-norm blocks of width 192 with 6 heads of 32 and a GELU MLP of 384,
+                mean pooling; 1.80 M parameters (notebook 10).
 
-Every model is a flat ``nn.Sequential`` of named layers (``conv1``, ``bn1``, ``fc1`` ...):
-easy to print, easy to index, and easy to prune structurally later on.
+Every CNN and MLP is a flat ``nn.Sequential`` of named layers (``conv1``, ``bn1``, ``fc1`` ...):
+easy to print, easy to index, and easy to prune structurally later on. The ViT is a stack of
+``Block`` modules, each with its ``attn`` (``qkv``, ``proj``) and its MLP (``fc1``, ``fc2``).
 """
 from __future__ import annotations
 
@@ -119,10 +123,93 @@ def mlp800() -> nn.Sequential:
     ]))
 
 
+class Attention(nn.Module):
+    """Multi-head self-attention: softmax(Q K^T / sqrt(d_head)) V for each head, then a projection.
+
+    ``qkv``'s output rows are ordered (q|k|v, head, d_head), so head h is a block of rows in
+    ``qkv`` and of columns in ``proj`` (``compresslab.transformer.remove_heads`` cuts them out).
+    ``size`` (token merging): how many patches each token stands for; adding log(size) to the
+    scores makes a merged token weigh as much as the patches it replaced ("proportional attention").
+    """
+
+    def __init__(self, dim: int, heads: int, head_dim: int):
+        super().__init__()
+        self.heads, self.head_dim = heads, head_dim
+        self.qkv = nn.Linear(dim, 3 * heads * head_dim)
+        self.proj = nn.Linear(heads * head_dim, dim)
+        self.softmax = nn.Softmax(dim=-1)  # a module, so that a hook can watch or quantize it
+
+    def forward(self, x, size=None, return_keys: bool = False):           # x: (B, N, dim)
+        B, N, _ = x.shape
+        qkv = self.qkv(x).view(B, N, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]                                  # each (B, H, N, d_head)
+        scores = q @ k.transpose(-2, -1) * self.head_dim ** -0.5          # (B, H, N, N)
+        if size is not None:                                             # size: (B, N)
+            scores = scores + size.log()[:, None, None, :]
+        out = (self.softmax(scores) @ v).transpose(1, 2).reshape(B, N, -1)  # (B, N, H * d_head)
+        out = self.proj(out)                                             # (B, N, dim)
+        return (out, k) if return_keys else out  # token merging matches tokens by their keys
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(LN(x)), then x + fc2(GELU(fc1(LN(x))))."""
+
+    def __init__(self, dim: int, heads: int, head_dim: int, mlp_dim: int):
+        super().__init__()
+        self.norm1, self.attn = nn.LayerNorm(dim), Attention(dim, heads, head_dim)
+        self.norm2, self.fc1, self.act, self.fc2 = nn.LayerNorm(dim), nn.Linear(dim, mlp_dim), nn.GELU(), nn.Linear(mlp_dim, dim)
+
+    def mlp(self, x):
+        return self.fc2(self.act(self.fc1(self.norm2(x))))
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(x)
+
+
+class ViT(nn.Module):
+    """A vision transformer: patches -> tokens (+ learned positions) -> blocks -> mean -> linear.
+
+    32x32 images in 4x4 patches: 64 tokens of ``dim`` numbers each. No class token: the
+    classifier reads the mean of the final tokens (as in Beyer et al.'s 2022 "simple ViT"), which
+    also makes the model easy to run on fewer tokens (token merging: a weighted mean).
+    ``heads`` / ``mlp_dims``: one number for every block, or a list (as left by pruning).
+    """
+
+    def __init__(self, image_size=32, patch=4, dim=192, depth=6, heads=6, head_dim=32, mlp_dims=384,
+                 num_classes=10, channels=3):
+        super().__init__()
+        heads = [heads] * depth if isinstance(heads, int) else list(heads)
+        mlp_dims = [mlp_dims] * depth if isinstance(mlp_dims, int) else list(mlp_dims)
+        self.patch_embed = nn.Conv2d(channels, dim, patch, stride=patch)  # one linear map per patch
+        self.pos = nn.Parameter(torch.randn(1, (image_size // patch) ** 2, dim) * 0.02)
+        self.blocks = nn.ModuleList([Block(dim, h, head_dim, m) for h, m in zip(heads, mlp_dims)])
+        self.norm, self.head = nn.LayerNorm(dim), nn.Linear(dim, num_classes)
+
+    def embed(self, images):                                     # (B, 3, 32, 32) -> (B, 64, dim)
+        return self.patch_embed(images).flatten(2).transpose(1, 2) + self.pos
+
+    def classify(self, x, size=None):                            # (B, N, dim) -> (B, classes)
+        x = self.norm(x)
+        pooled = x.mean(1) if size is None else (x * size[..., None]).sum(1) / size.sum(1, keepdim=True)
+        return self.head(pooled)
+
+    def forward(self, images):
+        x = self.embed(images)
+        for block in self.blocks:
+            x = block(x)
+        return self.classify(x)
+
+
+def vit(**options) -> ViT:
+    """The workbook's ViT for CIFAR-10 (see ``ViT`` for the options)."""
+    return ViT(**options)
+
+
 MODELS = {"lenet300": lenet300, "lenet5": lenet5, "cifar_cnn": cifar_cnn, "cifar_cnn_dws": cifar_cnn_dws,
-          "mlp1200": mlp1200, "mlp800": mlp800}
+          "mlp1200": mlp1200, "mlp800": mlp800, "vit": vit}
 DATASET_OF = {"lenet300": "mnist", "lenet5": "mnist", "cifar_cnn": "cifar10", "cifar_cnn_dws": "cifar10",
-              "mlp1200": "mnist", "mlp800": "mnist"}
+              "mlp1200": "mnist", "mlp800": "mnist", "vit": "cifar10"}
 
 
 def check_model_name(name: str) -> str:
@@ -131,7 +218,7 @@ def check_model_name(name: str) -> str:
     return name
 
 
-def build_model(name: str, seed: int | None = None, **options) -> nn.Sequential:
+def build_model(name: str, seed: int | None = None, **options) -> nn.Module:
     """A freshly initialized model by name; ``seed`` makes the initialization repeatable.
 
     ``options`` go to the constructor, e.g. ``build_model("cifar_cnn", widths=(32, 64, 128))``.

@@ -23,7 +23,7 @@ from torch import nn
 
 from .data import load_dataset
 from .deep_compression import HAN, prune_and_retrain, share_weights
-from .distillation import distillation_loss_fn
+from .distillation import distillation_loss_fn, hard_distillation_loss_fn
 from .hinton import transfer_set_without
 from .factorization import default_convs, tucker2_factorize
 from .models import build_model
@@ -245,6 +245,25 @@ def lenet5_dc(seed=0, device=None, progress=True, directory=CHECKPOINT_DIR):
 
 
 # Checkpoint name -> the function that makes it (what `checkpoints retrain NAME` calls).
+def vit(seed=0, device=None, progress=True):
+    """The CIFAR-10 vision transformer: 30 epochs of AdamW, lr 1e-3 (one-cycle), batch 128,
+    weight decay 0.05, label smoothing 0.1, random crops and flips."""
+    train, test = loaders("cifar10", batch_size=128, augment=True, seed=seed)
+    model = build_model("vit", seed=seed)
+    return fit_checkpoint("vit", model, train, test, epochs=30, lr=1e-3, optimizer="adamw", weight_decay=0.05,
+                          label_smoothing=0.1, seed=seed, device=device, progress=progress)
+
+
+def vit_distilled(seed=0, device=None, progress=True, directory=CHECKPOINT_DIR):
+    """DeiT-style (Touvron et al. 2021): the ``vit`` recipe, with half of the loss on the
+    trained cifar_cnn's top class for each augmented image (hard-label distillation)."""
+    train, test = loaders("cifar10", batch_size=128, augment=True, seed=seed)
+    model = build_model("vit", seed=seed)
+    loss_fn = hard_distillation_loss_fn(load_pretrained("cifar_cnn", "cpu", directory), label_smoothing=0.1)
+    return fit_checkpoint("vit_distilled", model, train, test, epochs=30, lr=1e-3, optimizer="adamw",
+                          weight_decay=0.05, loss_fn=loss_fn, seed=seed, device=device, progress=progress)
+
+
 BY_NAME = {f.__name__: f for f in (lenet300, lenet5, cifar_cnn, cifar_cnn_dws, cifar_cnn_pruned, cifar_cnn_slim, mlp1200,
                                    mlp800, mlp800_kd, mlp800_kd_no3, cifar_cnn_tucker, cifar_cnn_pruned_kd,
-                                   lenet300_dc, lenet5_dc)}
+                                   lenet300_dc, lenet5_dc, vit, vit_distilled)}

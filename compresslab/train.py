@@ -128,7 +128,7 @@ def fit(model: nn.Module, train_loader, epochs: int, lr: float = 0.05, *,
         loss_fn: Callable | None = None, after_step: Callable[[int], None] | None = None,
         mixed_precision: bool = False, device: torch.device | str | None = None,
         progress: bool = True, desc: str = "train") -> pd.DataFrame:
-    """Train ``model`` in place with SGD + Nesterov momentum (or ``optimizer="adam"``).
+    """Train ``model`` in place with SGD + Nesterov momentum (or ``optimizer="adam"`` / ``"adamw"``).
 
     Seeds torch's, NumPy's and Python's global RNGs with ``seed`` (``seed_everything``) before
     the first batch, and leaves the model in eval mode; returns the history (a DataFrame).
@@ -160,8 +160,10 @@ def fit(model: nn.Module, train_loader, epochs: int, lr: float = 0.05, *,
                               weight_decay=weight_decay)
     elif optimizer == "adam":
         opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    elif optimizer == "adamw":  # decoupled weight decay (Loshchilov & Hutter 2019): transformers' default
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     else:
-        raise ValueError(f"Unknown optimizer {optimizer!r}: use 'sgd' or 'adam'.")
+        raise ValueError(f"Unknown optimizer {optimizer!r}: use 'sgd', 'adam' or 'adamw'.")
     criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
     if loss_fn is None:
         def loss_fn(m, x, y):

@@ -202,7 +202,8 @@ def test_a_right_random_filter_mask_passes():
     (lambda w, a, g: right_filters(w, int(a * w.shape[0]) / w.shape[0], g), "not int"),
     (lambda w, a, g: right_filters(w, a, None), "same seed"),
     (lambda w, a, g: right_filters(w, a, g)[:, None, None, None].expand_as(w), "one entry per filter"),
-    (lambda w, a, g: pruning.mask_lowest(w.abs().sum((1, 2, 3)), a), "randperm"),
+    (lambda w, a, g: pruning.mask_lowest(w.abs().sum((1, 2, 3)), a), "smallest L1 norm"),
+    (lambda w, a, g: pruning.mask_lowest(-w.abs().sum((1, 2, 3)), a), "randperm"),
     (lambda w, a, g: right_filters(w, a, g).tolist(), "torch.Tensor"),
 ])
 def test_wrong_random_filter_masks_are_rejected(wrong, hint):

@@ -241,3 +241,17 @@ def test_slimming_design(slim, monkeypatch):
     monkeypatch.setattr(grading.structured, "val_accuracy", lambda model, name, n: 57.0)
     with pytest.raises(AssertionError, match="lost"):
         grading.slimming_design(structured.slimming_plan(slim, 0.56))
+
+
+def test_a_students_helper_may_share_a_package_name():
+    """The package's versions are switched off while the student's code runs; a helper of the
+    student's own with the same name (here ``shrink`` and ``slimming_plan``) is no shortcut."""
+    def shrink(model, conv_name, keep):
+        return remove_channels(model, conv_name, keep)
+
+    def slimming_plan(model, amount):
+        return my_slimming_plan(model, amount)
+
+    assert "all 4" in grading.channel_surgery(lambda model, conv_name, keep: shrink(model, conv_name, keep))
+    assert "right" in grading.global_slimming_plan(lambda model, amount: slimming_plan(model, amount))
+    assert structured.shrink.__module__ == "compresslab.structured"  # restored afterwards

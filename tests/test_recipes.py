@@ -31,7 +31,7 @@ def tiny(name):
 def budget(monkeypatch):
     """Tiny datasets, one epoch per fit, one round of Deep Compression; returns the calls made."""
     calls = {"fit": [], "prune_and_retrain": [], "share_weights": [], "distillation_loss_fn": [],
-             "slimming_loss": [], "load_pretrained": []}
+             "hard_distillation_loss_fn": [], "slimming_loss": [], "load_pretrained": []}
 
     def spy(name, short=lambda args, kwargs: (args, kwargs)):
         real = getattr(recipes, name)
@@ -45,7 +45,8 @@ def budget(monkeypatch):
     monkeypatch.setattr(recipes, "load_dataset", tiny)
     spy("fit", lambda a, k: ((a[0], a[1], min(a[2], 1), *a[3:]), k))                 # epochs <= 1
     spy("prune_and_retrain", lambda a, k: ((*a[:3], 1, 1, *a[5:]), k))              # 1 round of 1 epoch
-    for name in ("share_weights", "distillation_loss_fn", "slimming_loss", "load_pretrained"):
+    for name in ("share_weights", "distillation_loss_fn", "hard_distillation_loss_fn", "slimming_loss",
+                 "load_pretrained"):
         spy(name)
     return calls
 
@@ -80,13 +81,20 @@ def test_recipe_trains_the_checkpoints_architecture_with_its_recorded_settings(n
         options = call  # fit's keyword arguments all have names: bound like the positional ones
         assert (call["epochs"], call["lr"]) == (settings["epochs"], settings["lr"])
         assert options["weight_decay"] == settings["weight_decay"]
+        assert options.get("optimizer", "sgd") == settings.get("optimizer", "sgd")
         assert options.get("schedule", "onecycle") == settings.get("schedule", "onecycle")
         if "bn_l1" in settings:  # the label smoothing goes into the slimming loss
             (loss,) = budget["slimming_loss"]
             assert (loss["lam"], loss["label_smoothing"]) == (settings["bn_l1"], settings["label_smoothing"])
+        elif settings.get("distillation") == "hard":  # DeiT: smoothing on the true label, inside the loss
+            (kd,) = budget["hard_distillation_loss_fn"]
+            assert kd["label_smoothing"] == settings["label_smoothing"] and not budget["distillation_loss_fn"]
+            assert options.get("label_smoothing", 0.0) == 0.0
         else:
             assert options.get("label_smoothing", 0.0) == settings.get("label_smoothing", 0.0)
-        if "teacher" in settings:
+        if settings.get("distillation") == "hard":
+            assert options["loss_fn"] is not None
+        elif "teacher" in settings:
             (kd,) = budget["distillation_loss_fn"]
             assert (kd["T"], kd["alpha"]) == (settings["T"], settings["alpha"])
             assert options["loss_fn"] is not None

@@ -11,3 +11,4 @@ from .quantization import *  # noqa: F401,F403
 from .distillation import *  # noqa: F401,F403
 from .factorization import *  # noqa: F401,F403
 from .coding import *  # noqa: F401,F403
+from .transformer import *  # noqa: F401,F403

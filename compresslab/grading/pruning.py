@@ -279,6 +279,9 @@ def random_filters(fn) -> str:
         want[torch.randperm(c_out, generator=torch.Generator().manual_seed(seed))[:k]] = False
         expect(not torch.equal(got, ~want), f"{case}: your mask keeps the filters it should remove: it is "
                                             "inverted (1 = keep).")
+        l1 = pruning.mask_lowest(weight.abs().sum((1, 2, 3)), amount).bool()
+        expect(torch.equal(got, want) or not torch.equal(got, l1),
+               f"{case}: those are the filters of smallest L1 norm; the task is random filters.")
         expect(torch.equal(got, want), f"{case}: the right number of filters, but not the first {k} of "
                                        "torch.randperm(c_out, generator=generator).")
     return "all 4 layers: the right number of filters, drawn from the seed"

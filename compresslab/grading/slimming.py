@@ -15,7 +15,8 @@ from torch import nn
 
 from .. import metrics, models, structured, zoo
 from ..pruning import mask_lowest
-from .common import answered, call, expect, mapping, module, number, pretrained_val_accuracy, tensor, val_accuracy, whole
+from .common import answered, call, expect, mapping, module, number, pretrained_val_accuracy, switched_off, tensor, \
+    val_accuracy, whole
 from .structured import SHAPE, indices, own_code
 
 __all__ = ["linf_scores", "spearman_rho", "slimming_threshold", "global_slimming_plan", "slimming_design"]
@@ -124,11 +125,13 @@ def global_slimming_plan(fn) -> str:
     """``fn(model, amount) -> {conv name: sorted kept indices}``: the global |gamma| threshold of network
     slimming with at least one channel per layer, on cifar_cnn_slim and on an adversarial small net."""
     answered(fn, "my_slimming_plan")
-    own_code(fn, "my_slimming_plan", ("slimming_plan", "torch_pruning"))
+    own_code(fn, "my_slimming_plan", ("torch_pruning",))
+    hint = "this is the package's answer (structured.slimming_plan): write the threshold yourself."
     for i, (model, amount) in enumerate(slimming_cases(), start=1):
         pairs = structured.conv_batchnorm_pairs(model)
-        got = mapping(call(fn, "my_slimming_plan", copy.deepcopy(model), amount), "my_slimming_plan(...)", pairs,
-                      "{'conv1': kept indices, ...}")
+        with switched_off(structured, ["slimming_plan"], hint):
+            answer = call(fn, "my_slimming_plan", copy.deepcopy(model), amount)
+        got = mapping(answer, "my_slimming_plan(...)", pairs, "{'conv1': kept indices, ...}")
         got = {n: indices(v, f"my_slimming_plan(...)[{n!r}]", pairs[n].num_features) for n, v in got.items()}
         want = slim(model, amount)
         if all(torch.equal(got[n].sort().values, want[n]) for n in want):

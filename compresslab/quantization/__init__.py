@@ -14,8 +14,12 @@ One module per concern, each stating its math in its docstring:
 * ``adaround``    AdaRound (Nagel et al. 2020): learned rounding, up or down, per weight;
 * ``equalization`` data-free quantization (Nagel et al. 2019): cross-layer equalization, bias
                   correction; and BatchNorm re-estimation.
+* ``smoothquant`` SmoothQuant (Xiao et al. 2023): activation outliers moved into the weights of
+                  a transformer's LayerNorm -> linear pairs.
+* ``transformer_ops`` int8 on a transformer's operations one family at a time (linears,
+                  attention matmuls, softmax, LayerNorm and GELU inputs), and what flows there.
 
-Every public name of the first six is re-exported here (``adaround`` and ``equalization`` are
+Every public name of the first six is re-exported here (``adaround``, ``equalization``, ``smoothquant`` and ``transformer_ops`` are
 imported as modules: ``from compresslab.quantization import adaround``), so ``from compresslab import quantization as Q`` and
 ``Q.qparams(...)``, ``Q.quantize_model(...)``, ... work whatever module defines them.
 
