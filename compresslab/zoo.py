@@ -11,7 +11,7 @@ This module *loads* checkpoints and imports no compression technique; how each o
 Retrain them all from scratch (prints the accuracy of each and refuses to overwrite
 existing files unless told to)::
 
-    python -m compresslab checkpoints retrain --force         # all of them, ~1.5 h on 2 CPU cores
+    python -m compresslab checkpoints retrain --force         # all of them, ~4.7 h on 2 CPU cores (the two ViTs 2.2 h)
     python -m compresslab checkpoints retrain lenet5 --out /tmp/zoo
     python -m compresslab checkpoints verify                  # checksums + test accuracy
 """
