@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .metrics import flop_counts
+from .metrics import example_input, flop_counts
 
 # Kineto, the profiler's engine, prints start / stop notes (and, without a GPU, an error about
 # one) to stderr at its default log level; 6 keeps only what is fatal.
@@ -41,16 +41,11 @@ def family_of(op: str) -> str:
     return FAMILY.get(name, ORDER[-1])
 
 
-def example_batch(model: nn.Module, batch_size: int, shape=(3, 32, 32)) -> torch.Tensor:
-    device = next(model.parameters()).device
-    return torch.randn(batch_size, *shape, generator=torch.Generator().manual_seed(0)).to(device)
-
-
 @torch.no_grad()
 def op_flops(model: nn.Module, batch_size: int = 1, shape=(3, 32, 32)) -> pd.Series:
     """FLOPs of one forward pass per family (multiply-add = 2), from torch's flop counter."""
     out = pd.Series(0, index=ORDER, dtype="int64")
-    for op, n in flop_counts(model, example_batch(model, batch_size, shape)).get("Global", {}).items():
+    for op, n in flop_counts(model, example_input(model, shape, batch_size)).get("Global", {}).items():
         out[family_of(str(op))] += n
     return out
 
@@ -61,7 +56,7 @@ def op_times(model: nn.Module, batch_size: int = 1, repeats: int = 10, shape=(3,
     passes after two warm-up passes. Self time: a parent operator's time excludes its children's,
     so the families add up to the whole forward pass."""
     model.eval()
-    x = example_batch(model, batch_size, shape)
+    x = example_input(model, shape, batch_size)
     for _ in range(2):
         model(x)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:

@@ -25,27 +25,13 @@ import torch
 from torch import nn
 
 from .. import checks
+from .transformer_ops import capture, channel_ranges
 
 
-@torch.no_grad()
 def input_absmax(model: nn.Module, layers: dict[str, nn.Module], loader, batches: int = 4) -> dict[str, torch.Tensor]:
     """max |X_j| over ``batches`` batches for every input channel j of each named layer."""
-    found: dict[str, torch.Tensor] = {}
-
-    def record(name, module, args):
-        x = args[0].detach().float().abs().flatten(0, -2).amax(0)  # (C_in,) over batch and tokens
-        found[name] = x if name not in found else torch.maximum(found[name], x)
-    handles = [m.register_forward_pre_hook(lambda m, a, n=n: record(n, m, a)) for n, m in layers.items()]
-    device = next(model.parameters()).device
-    try:
-        for i, (x, _) in enumerate(loader):
-            if i == batches:
-                break
-            model(x.to(device))
-    finally:
-        for h in handles:
-            h.remove()
-    return {n: v.cpu() for n, v in found.items()}
+    inputs = capture(model, layers, loader, batches)                 # (batch x tokens, C_in) each
+    return {name: channel_ranges(x) for name, x in inputs.items()}
 
 
 def smoothing_scales(act_absmax: torch.Tensor, weight: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
