@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .data import load_dataset
+from .data import EVAL_BATCH, load_dataset
 from .exercises import notebook_paths
 from .models import build_model
 from .train import fit
@@ -48,7 +48,7 @@ def bench_structured(rounds: int = 5) -> dict[int, dict[str, float]]:
     from .train import evaluate
 
     models = {name: zoo.load_pretrained(name, "cpu") for name in ("cifar_cnn", "cifar_cnn_pruned")}
-    test = load_dataset("cifar10").loader("test", 1000)
+    test = load_dataset("cifar10").loader("test", EVAL_BATCH)
     acc = {name: evaluate(m, test)["accuracy"] for name, m in models.items()}
     speed = metrics.speed_table(models, (3, 32, 32), (1, 16, 256), rounds).set_index(["model", "batch"])
     fewer = 1 - speed.loc[("cifar_cnn_pruned", 1), "MFLOPs"] / speed.loc[("cifar_cnn", 1), "MFLOPs"]
@@ -83,7 +83,7 @@ def bench_int8(rounds: int = 5) -> dict[str, float]:
         int8 = deploy.quantize_onnx_int8(fp32, Path(tmp) / "int8.onnx", ds.loader("train", 64, subset=512), batches=8)
         models = {"PyTorch eager fp32": model, "ORT fp32": deploy.OnnxModel(fp32), "ORT int8": deploy.OnnxModel(int8)}
         sizes = {"ORT fp32": fp32.stat().st_size, "ORT int8": int8.stat().st_size}
-        test = ds.loader("test", 1000)
+        test = ds.loader("test", EVAL_BATCH)
         acc = {name: evaluate(m, test)["accuracy"] for name, m in models.items()}
         speed = metrics.speed_table(models, (3, 32, 32), (1, 256), rounds).set_index(["model", "batch"])["best ms"]
     print(f"file: fp32 {sizes['ORT fp32'] / 1000:.0f} KB, int8 {sizes['ORT int8'] / 1000:.0f} KB "
@@ -107,7 +107,7 @@ def bench_tucker(rounds: int = 5) -> dict[int, float]:
 
     names = ("cifar_cnn", "cifar_cnn_tucker")
     eager = {name: zoo.load_pretrained(name, "cpu") for name in names}
-    test = load_dataset("cifar10").loader("test", 1000)
+    test = load_dataset("cifar10").loader("test", EVAL_BATCH)
     acc = {name: evaluate(m, test)["accuracy"] for name, m in eager.items()}
     with tempfile.TemporaryDirectory() as tmp:
         ort = {f"{n} (ORT)": deploy.OnnxModel(deploy.export_onnx(m, Path(tmp) / f"{n}.onnx", (3, 32, 32)))

@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 
 from . import distillation as kd
-from .data import DATA_DIR, dataset_label, load_dataset
+from .data import DATA_DIR, EVAL_BATCH, dataset_label, load_dataset
 from .metrics import binomial_se
 from .models import build_model
 from .train import bf16_is_fast, fit, get_device
@@ -60,7 +60,7 @@ def kd_cifar(device=None, progress: bool = True) -> tuple[pd.DataFrame, dict]:
     """Train the KD_CIFAR students; one row per (variant, seed, epoch), and the settings."""
     cfg, device = KD_CIFAR, get_device(device)
     ds = load_dataset("cifar10")
-    test = ds.loader("test", 1000)
+    test = ds.loader("test", EVAL_BATCH)
     teacher = load_pretrained(cfg["teacher"], device)
     start = time.perf_counter()
     cache = kd.CachedTeacher(teacher, ds, cfg["epochs"], hint_layer=cfg["hint"][1], device=device)

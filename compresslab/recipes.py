@@ -21,7 +21,7 @@ from __future__ import annotations
 import pandas as pd
 from torch import nn
 
-from .data import load_dataset
+from .data import EVAL_BATCH, load_dataset
 from .deep_compression import HAN, prune_and_retrain, share_weights
 from .distillation import distillation_loss_fn, hard_distillation_loss_fn
 from .hinton import transfer_set_without
@@ -40,7 +40,7 @@ def loaders(dataset: str, batch_size: int, augment: bool, seed: int):
     """The shuffled training loader (its own generator, seeded with ``seed``) and the test
     loader in batches of 1000."""
     ds = load_dataset(dataset)
-    return ds.loader("train", batch_size, augment=augment, seed=seed), ds.loader("test", 1000)
+    return ds.loader("train", batch_size, augment=augment, seed=seed), ds.loader("test", EVAL_BATCH)
 
 
 def fit_checkpoint(name: str, model: nn.Module, train, test, epochs: int, lr: float, *,
@@ -180,7 +180,7 @@ def mlp800_kd_no3(seed=0, device=None, progress=True, directory=CHECKPOINT_DIR):
     from the teacher's soft targets on the other digits (Hinton et al. 2015)."""
     ds = load_dataset("mnist")
     train = transfer_set_without(ds, 3, batch_size=128, augment=False, seed=seed)
-    test = ds.loader("test", 1000)
+    test = ds.loader("test", EVAL_BATCH)
     model = build_model("mlp800", seed=seed)
     teacher = load_pretrained("mlp1200", "cpu", directory)
     loss_fn = distillation_loss_fn(teacher, T=20, alpha=0.9)

@@ -19,7 +19,7 @@ import torch
 
 from . import deep_compression as dc
 from . import deploy, metrics, zoo
-from .data import ROOT, dataset_label, load_dataset
+from .data import EVAL_BATCH, ROOT, dataset_label, load_dataset
 from .train import evaluate
 
 README = ROOT / "README.md"
@@ -89,7 +89,7 @@ def results(latency: bool = True, rounds: int = 2) -> pd.DataFrame:
             ds = datasets[ds_name]
             model = zoo.load_pretrained(name, "cpu")
             size, runnable = stored_bytes(model, name, storage, Path(tmp), ds.loader("train", 128, subset=256))
-            acc = evaluate(runnable, ds.loader("test", 1000))["accuracy"]
+            acc = evaluate(runnable, ds.loader("test", EVAL_BATCH))["accuracy"]
             rows.append({"technique": technique, "checkpoint": f"`{name}`", "dataset": dataset_label(ds_name),
                          "test accuracy": acc, "size KB": size / metrics.KB,
                          "MFLOPs": metrics.flops(model, SHAPE[ds_name]) / 1e6, "paper": paper, "_data": ds_name})

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .data import DATA_DIR, dataset_label, load_dataset, sha256
+from .data import DATA_DIR, EVAL_BATCH, dataset_label, load_dataset, sha256
 from .models import DATASET_OF, build_model
 from .train import bf16_is_fast, evaluate, get_device  # noqa: F401 (bf16_is_fast: notebooks use zoo.bf16_is_fast)
 
@@ -225,7 +225,7 @@ def retrain(names=None, out_dir: Path = CHECKPOINT_DIR, force: bool = False, see
             acc = history["test_acc"].iloc[-1]  # fit evaluated the final model on the test set
         else:  # epochs=0, or weights rounded for storage: measure what the file holds
             model.load_state_dict(state or model.state_dict())
-            acc = evaluate(model, load_dataset(dataset_of(name)).loader("test", 1000))["accuracy"]
+            acc = evaluate(model, load_dataset(dataset_of(name)).loader("test", EVAL_BATCH))["accuracy"]
         path = out_dir / f"{name}.pt"
         tmp = path.with_suffix(".tmp")
         torch.save(state or {k: v.contiguous() for k, v in model.state_dict().items()}, tmp)
@@ -313,7 +313,7 @@ def verify(directory: Path = CHECKPOINT_DIR) -> bool:
         try:
             model = load_pretrained(name, "cpu", directory)
             ds = load_dataset(dataset_of(name))
-            acc = evaluate(model, ds.loader("test", 1000))["accuracy"]
+            acc = evaluate(model, ds.loader("test", EVAL_BATCH))["accuracy"]
             good = acc >= TARGETS[name]
             print(f"{'ok  ' if good else 'LOW '} {name}: {acc:.2f}% (target {TARGETS[name]}%)")
             ok &= good

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from compresslab import zoo
-from compresslab.data import dataset_label, load_dataset
+from compresslab.data import EVAL_BATCH, dataset_label, load_dataset
 from compresslab.train import evaluate
 
 
@@ -14,7 +14,7 @@ def test_checkpoint_checksum_and_accuracy(name):
     """Each committed checkpoint verifies and reaches its accuracy target on the data it was
     measured on (the manifest says which copy; the MNIST test set is the same everywhere)."""
     model = zoo.load_pretrained(name, "cpu")
-    acc = evaluate(model, load_dataset(zoo.dataset_of(name)).loader("test", 1000))["accuracy"]
+    acc = evaluate(model, load_dataset(zoo.dataset_of(name)).loader("test", EVAL_BATCH))["accuracy"]
     entry = zoo.read_manifest()[name]
     if dataset_label(zoo.dataset_of(name)) == entry["dataset_label"]:
         assert acc >= zoo.TARGETS[name], f"{name}: {acc:.2f}% < target {zoo.TARGETS[name]}%"

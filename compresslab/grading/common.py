@@ -142,13 +142,14 @@ def dataset(name: str):
 def val_accuracy(model: nn.Module, dataset_name: str, n: int | None = None) -> float:
     """Accuracy in % on the validation split (``n`` class-balanced images; 5,000 by default),
     the split a design task is scored on: never the test set."""
+    from ..data import EVAL_BATCH
     from ..train import evaluate
     module(model, "model")
     try:
         device = next(model.parameters()).device
     except StopIteration:
         device = torch.device("cpu")
-    loader = dataset(dataset_name).loader("val", batch_size=500, subset=n, device=device)
+    loader = dataset(dataset_name).loader("val", batch_size=EVAL_BATCH, subset=n, device=device)
     try:
         return evaluate(model, loader)["accuracy"]
     except Exception as e:
