@@ -9,7 +9,9 @@ Workflow (exported at the root):
 
 * :mod:`compresslab.data`     MNIST / CIFAR-10 as in-memory tensors, offline-ready caches
 * :mod:`compresslab.models`   LeNet-300-100, LeNet-5 (Caffe), a small VGG-style CIFAR CNN (and its
-                              depthwise-separable twin), Hinton et al.'s MNIST teacher and student, a small vision transformer
+                              depthwise-separable twin), Hinton et al.'s MNIST teacher and student, a small vision transformer,
+                              a character-level GPT
+* :mod:`compresslab.text`     a character corpus (committed under data/text/), windows, perplexity, sampling
 * :mod:`compresslab.train`    fit / fine_tune / evaluate / predict, seeded and device-agnostic
 * :mod:`compresslab.zoo`      loading the pretrained checkpoints, with verified checksums
 * :mod:`compresslab.recipes`  how each checkpoint was made: one plain function per checkpoint
@@ -26,6 +28,7 @@ Techniques:
 * :mod:`compresslab.deep_compression`  Deep Compression's pipeline and the bytes of each stage
 * :mod:`compresslab.transformer`  a ViT's heads and MLP neurons: importance, masks, surgery
 * :mod:`compresslab.tome`     token merging (ToMe): bipartite soft matching, proportional attention
+* :mod:`compresslab.llm_pruning`  one-shot pruning of a language model: magnitude, Wanda, SparseGPT, N:M
 * :mod:`compresslab.costs`    a transformer's FLOPs and CPU time per family of operations
 * :mod:`compresslab.deploy`   ONNX export and real int8 with ONNX Runtime
 * :mod:`compresslab.integer`  integer-only inference: BN folding, fixed-point requantization, int8 conv / linear bit-exact with ONNX Runtime

@@ -20,6 +20,8 @@
 * ``vit``       a small vision transformer for CIFAR-10 (Dosovitskiy et al. 2021): 4x4 patches
                 (64 tokens), 6 pre-norm blocks of width 192 with 6 heads of 32 and a GELU MLP of 384,
                 mean pooling; 1.80 M parameters (notebook 10).
+* ``char_gpt``  a character-level GPT (decoder-only, pre-norm, causal ``Block``s): 128 characters
+                of context, 6 blocks of width 192, 6 heads of 32, a GELU MLP of 768.
 
 Every CNN and MLP is a flat ``nn.Sequential`` of named layers (``conv1``, ``bn1``, ``fc1`` ...):
 easy to print, easy to index, and easy to prune structurally later on. The ViT is a stack of
@@ -130,11 +132,13 @@ class Attention(nn.Module):
     ``qkv`` and of columns in ``proj`` (``compresslab.transformer.remove_heads`` cuts them out).
     ``size`` (token merging): how many patches each token stands for; adding log(size) to the
     scores makes a merged token weigh as much as the patches it replaced ("proportional attention").
+    ``causal`` (a language model): token i attends to tokens 0..i only, so that it cannot read
+    the character it has to predict.
     """
 
-    def __init__(self, dim: int, heads: int, head_dim: int):
+    def __init__(self, dim: int, heads: int, head_dim: int, causal: bool = False):
         super().__init__()
-        self.heads, self.head_dim = heads, head_dim
+        self.heads, self.head_dim, self.causal = heads, head_dim, causal
         self.qkv = nn.Linear(dim, 3 * heads * head_dim)
         self.proj = nn.Linear(heads * head_dim, dim)
         self.softmax = nn.Softmax(dim=-1)  # a module, so that a hook can watch or quantize it
@@ -146,6 +150,9 @@ class Attention(nn.Module):
         scores = q @ k.transpose(-2, -1) * self.head_dim ** -0.5          # (B, H, N, N)
         if size is not None:                                             # size: (B, N)
             scores = scores + size.log()[:, None, None, :]
+        if self.causal:                                                  # -inf above the diagonal
+            future = torch.ones(N, N, dtype=torch.bool, device=x.device).triu(1)
+            scores = scores.masked_fill(future, float("-inf"))
         out = (self.softmax(scores) @ v).transpose(1, 2).reshape(B, N, -1)  # (B, N, H * d_head)
         out = self.proj(out)                                             # (B, N, dim)
         return (out, k) if return_keys else out  # token merging matches tokens by their keys
@@ -154,9 +161,9 @@ class Attention(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(LN(x)), then x + fc2(GELU(fc1(LN(x))))."""
 
-    def __init__(self, dim: int, heads: int, head_dim: int, mlp_dim: int):
+    def __init__(self, dim: int, heads: int, head_dim: int, mlp_dim: int, causal: bool = False):
         super().__init__()
-        self.norm1, self.attn = nn.LayerNorm(dim), Attention(dim, heads, head_dim)
+        self.norm1, self.attn = nn.LayerNorm(dim), Attention(dim, heads, head_dim, causal)
         self.norm2, self.fc1, self.act, self.fc2 = nn.LayerNorm(dim), nn.Linear(dim, mlp_dim), nn.GELU(), nn.Linear(mlp_dim, dim)
 
     def mlp(self, x):
@@ -206,10 +213,42 @@ def vit(**options) -> ViT:
     return ViT(**options)
 
 
+class GPT(nn.Module):
+    """A decoder-only language model over characters (Radford et al. 2018; nanoGPT's layout).
+
+    Character ids -> embeddings (+ learned positions) -> causal pre-norm blocks (the ViT's
+    ``Block``) -> LayerNorm -> logits over the next character. The output layer is not tied to
+    the embedding, so every linear layer can be quantized or pruned on its own.
+    """
+
+    def __init__(self, vocab_size: int = 65, context: int = 128, dim: int = 192, depth: int = 6,
+                 heads: int = 6, head_dim: int = 32, mlp_dim: int = 768):
+        super().__init__()
+        self.context = context
+        self.tok = nn.Embedding(vocab_size, dim)
+        self.pos = nn.Parameter(torch.randn(1, context, dim) * 0.02)
+        self.blocks = nn.ModuleList([Block(dim, heads, head_dim, mlp_dim, causal=True) for _ in range(depth)])
+        self.norm, self.head = nn.LayerNorm(dim), nn.Linear(dim, vocab_size)
+
+    def forward(self, ids):                                      # ids: (B, T) int64, T <= context
+        T = ids.shape[1]
+        if T > self.context:
+            raise ValueError(f"At most {self.context} characters of context, got {T}: crop the input.")
+        x = self.tok(ids) + self.pos[:, :T]                      # (B, T, dim)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x))                           # (B, T, vocab): logits for ids[:, 1:]
+
+
+def char_gpt(**options) -> GPT:
+    """The workbook's character-level GPT (see ``GPT`` for the options)."""
+    return GPT(**options)
+
+
 MODELS = {"lenet300": lenet300, "lenet5": lenet5, "cifar_cnn": cifar_cnn, "cifar_cnn_dws": cifar_cnn_dws,
-          "mlp1200": mlp1200, "mlp800": mlp800, "vit": vit}
+          "mlp1200": mlp1200, "mlp800": mlp800, "vit": vit, "char_gpt": char_gpt}
 DATASET_OF = {"lenet300": "mnist", "lenet5": "mnist", "cifar_cnn": "cifar10", "cifar_cnn_dws": "cifar10",
-              "mlp1200": "mnist", "mlp800": "mnist", "vit": "cifar10"}
+              "mlp1200": "mnist", "mlp800": "mnist", "vit": "cifar10", "char_gpt": "shakespeare"}
 
 
 def check_model_name(name: str) -> str:

@@ -18,8 +18,12 @@ One module per concern, each stating its math in its docstring:
                   a transformer's LayerNorm -> linear pairs.
 * ``transformer_ops`` int8 on a transformer's operations one family at a time (linears,
                   attention matmuls, softmax, LayerNorm and GELU inputs), and what flows there.
+* ``weight_only`` a language model's weights, group-wise round-to-nearest, and bits per weight;
+* ``gptq``        GPTQ (Frantar et al. 2023): rounding column by column, errors spread by the Hessian;
+* ``awq``         AWQ (Lin et al. 2024): salient input channels, scaled before rounding;
+* ``formats``     NF4, FP8 (E4M3, E5M2) and the OCP microscaling formats MXFP4 / MXFP8.
 
-Every public name of the first six is re-exported here (``adaround``, ``equalization``, ``smoothquant`` and ``transformer_ops`` are
+Every public name of the first six is re-exported here (the modules after them, ``adaround`` to ``formats``, are
 imported as modules: ``from compresslab.quantization import adaround``), so ``from compresslab import quantization as Q`` and
 ``Q.qparams(...)``, ``Q.quantize_model(...)``, ... work whatever module defines them.
 
