@@ -25,6 +25,7 @@ import copy
 import torch
 from torch import nn
 
+from . import checks
 from .quantization.gptq import hessian, inverse_hessian_factor
 from .quantization.transformer_ops import capture
 from .quantization.weight_only import block_linears
@@ -33,9 +34,8 @@ METHODS = ("magnitude", "wanda", "sparsegpt")
 
 
 def check_sparsity(sparsity: float) -> float:
-    if not isinstance(sparsity, (int, float)) or not 0 <= sparsity < 1:
-        raise ValueError(f"sparsity is the fraction of weights removed, in [0, 1), e.g. 0.5; got {sparsity!r}.")
-    return float(sparsity)
+    return checks.number(sparsity, "sparsity", 0, 1, high_open=True, example=0.5,
+                         must="be the fraction of weights removed, in [0, 1)")
 
 
 def check_nm(n: int, m: int, columns: int) -> None:

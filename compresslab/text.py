@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .data import DATA_DIR, epoch_generator
+from .train import model_device
 
 TEXT_DIR = DATA_DIR / "text"
 CORPORA = {"shakespeare": "shakespeare.txt"}
@@ -127,7 +128,7 @@ def nats_per_char(model: nn.Module, corpus: CharCorpus, split: str = "val", limi
     """Mean -log p(next character) over consecutive windows of the model's context."""
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    device = model_device(model)
     x, y = corpus.windows(split, model.context, limit)
     total = 0.0
     for i in range(0, len(x), batch_size):
@@ -150,7 +151,7 @@ def generate(model: nn.Module, corpus: CharCorpus, prompt: str, length: int, tem
     of the last ``context`` characters (temperature 0: always the most likely one)."""
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    device = model_device(model)
     g = torch.Generator().manual_seed(seed)
     ids = corpus.encode(prompt).tolist()
     for _ in range(length):
