@@ -31,6 +31,7 @@ Techniques:
 * :mod:`compresslab.llm_pruning`  one-shot pruning of a language model: magnitude, Wanda, SparseGPT, N:M
 * :mod:`compresslab.costs`    a transformer's FLOPs and CPU time per family of operations
 * :mod:`compresslab.deploy`   ONNX export and real int8 with ONNX Runtime
+* :mod:`compresslab.llm_deploy`  the language model in ONNX Runtime: export, tokens per second, the roofline
 * :mod:`compresslab.integer`  integer-only inference: BN folding, fixed-point requantization, int8 conv / linear bit-exact with ONNX Runtime
 * :mod:`compresslab.integer_model`  a whole CNN in integers: calibrate once, then codes in, codes out
 

@@ -89,10 +89,12 @@ def cmd_report(args) -> int:
     from . import report
 
     table = report.markdown(report.results(latency=not args.no_latency))
-    print(table)
+    language = report.language_markdown(report.language_results())
+    print(table, "", language, sep="\n")
     if args.readme:
         report.write_readme(table)
-        print(f"wrote the table into {report.README}")
+        report.write_readme(language, report.LM_START, report.LM_END)
+        print(f"wrote the tables into {report.README}")
     return 0
 
 

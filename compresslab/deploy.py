@@ -10,11 +10,14 @@ same inside PyTorch but is deprecated; ONNX Runtime is the maintained CPU path.)
     path = export_onnx(model, "model.onnx", (3, 32, 32))
     int8 = quantize_onnx_int8(path, "model_int8.onnx", calibration_loader, batches=8)
     evaluate(OnnxModel(int8), test_loader)          # an nn.Module: evaluate / latency take it
+
+Weight-only int4 for language models (``quantize_onnx_int4``): ORT's ``MatMulNBits`` nodes.
 """
 from __future__ import annotations
 
 import copy
 import inspect
+import logging
 import tempfile
 from functools import lru_cache
 from pathlib import Path
@@ -67,17 +70,24 @@ def export_onnx(model: nn.Module, path: str | Path, input_shape, check_int8: boo
     plain = remove_quantization(copy.deepcopy(model)).cpu().eval()
     if check_int8:
         check_int8_support(plain)
+    x = torch.randn(2, *shape)  # batch 2: an example batch of 1 could make the batch size static
+    return write_onnx(plain, x, path, "input", {0: ("batch", None, None)})
+
+
+def write_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, input_name: str, dims: dict) -> Path:
+    """``torch.onnx.export`` of ``model`` on ``example`` into one self-contained file (its size is
+    the model's size); ``dims``: axis -> (name, min, max) of each dynamic dimension."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    x = torch.randn(2, *shape)  # batch 2: an example batch of 1 could make the batch size static
-    names = dict(input_names=["input"], output_names=["logits"])
+    names = dict(input_names=[input_name], output_names=["logits"])
     if "external_data" in inspect.signature(torch.onnx.export).parameters:
-        # external_data=False: one self-contained file, whose size is the model's size
-        torch.onnx.export(plain, (x,), str(path), **names, dynamo=True, external_data=False,
-                          dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
+        shapes = {axis: torch.export.Dim(name, min=lo, max=hi) if lo or hi else torch.export.Dim(name)
+                  for axis, (name, lo, hi) in dims.items()}
+        torch.onnx.export(model, (example,), str(path), **names, dynamo=True, external_data=False,
+                          dynamic_shapes=(shapes,), verbose=False)
     else:  # older torch: the TorchScript-based exporter
-        torch.onnx.export(plain, (x,), str(path), **names,
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+        axes = {axis: name for axis, (name, _, _) in dims.items()}
+        torch.onnx.export(model, (example,), str(path), **names, dynamic_axes={input_name: axes, "logits": axes})
     strip_debug_metadata(path)
     return path
 
@@ -213,6 +223,31 @@ def quantize_onnx_dynamic(fp32_path: str | Path, out_path: str | Path) -> Path:
         pre = Path(tmp) / "preprocessed.onnx"
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
         quantize_dynamic(str(pre), str(out_path), weight_type=QuantType.QInt8)
+    return Path(out_path)
+
+
+def quantize_onnx_int4(fp32_path: str | Path, out_path: str | Path, block_size: int = 32,
+                       symmetric: bool = True, accuracy_level: int = 4) -> Path:
+    """ONNX Runtime's weight-only quantizer: every MatMul with a constant weight becomes a
+    ``MatMulNBits`` node holding 4-bit weights, one fp32 scale per ``block_size`` weights
+    (round to nearest, as ``weight_only.rtn_quantize``). ``accuracy_level=4``: the kernel
+    multiplies in int8 (the activations quantized block by block on the fly), the fast CPU path
+    that onnxruntime-genai's CPU models use; 0 multiplies in fp32."""
+    require_onnx()
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=symmetric,
+                                          accuracy_level=accuracy_level)
+    quantizer = MatMulNBitsQuantizer(onnx.load(str(fp32_path)), algo_config=config)
+    log = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
+    level = log.level
+    log.setLevel(logging.WARNING)   # it logs two INFO lines for every node of the graph
+    try:
+        quantizer.process()
+    finally:
+        log.setLevel(level)
+    onnx.save(quantizer.model.model, str(out_path))
     return Path(out_path)
 
 

@@ -28,7 +28,7 @@ from torch import nn
 from . import checks
 from .quantization.gptq import hessian, inverse_hessian_factor
 from .quantization.transformer_ops import capture
-from .quantization.weight_only import block_linears
+from .quantization.weight_only import block_linears, linears_by_block
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
 
@@ -109,25 +109,25 @@ def sparsegpt_prune(w: torch.Tensor, h: torch.Tensor, sparsity: float = 0.5, nm:
 @torch.no_grad()
 def prune_llm(model: nn.Module, method: str = "wanda", sparsity: float = 0.5, nm: tuple[int, int] | None = None,
               loader=None, batches: int = 8) -> nn.Module:
-    """A copy of ``model`` with every block linear pruned one-shot by ``method``, layer after
-    layer, each layer's calibration inputs taken from the model pruned so far (as both papers do).
+    """A copy of ``model`` with every block linear pruned one-shot by ``method``, block after
+    block, each block's calibration inputs taken from the model pruned up to the block before (as
+    both papers' code does).
     ``nm=(2, 4)`` for 2:4 instead of ``sparsity``. Magnitude needs no ``loader``."""
     if method not in METHODS:
         raise ValueError(f"Unknown method {method!r}: choose one of {METHODS}.")
     if method != "magnitude" and loader is None:
         raise ValueError(f"{method} needs calibration text: pass loader=corpus.loader('train', ...).")
     model = copy.deepcopy(model)
-    for name, layer in block_linears(model).items():
-        w = layer.weight
-        if method == "magnitude":
-            scores = w.abs()
-        else:
-            x = capture(model, {name: layer}, loader, batches)[name]
+    for layers in linears_by_block(model):
+        # one pass for the block's four linears, through the model pruned up to the block before
+        inputs = {} if method == "magnitude" else capture(model, layers, loader, batches)
+        for name, layer in layers.items():
+            w = layer.weight
             if method == "sparsegpt":
-                w.copy_(sparsegpt_prune(w, hessian(x), sparsity, nm))
+                w.copy_(sparsegpt_prune(w, hessian(inputs[name]), sparsity, nm))
                 continue
-            scores = wanda_scores(w, x)
-        w.mul_(nm_mask(scores, *nm) if nm is not None else row_mask(scores, sparsity))
+            scores = w.abs() if method == "magnitude" else wanda_scores(w, inputs[name])
+            w.mul_(nm_mask(scores, *nm) if nm is not None else row_mask(scores, sparsity))
     return model
 
 

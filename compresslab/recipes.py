@@ -28,6 +28,7 @@ from .hinton import transfer_set_without
 from .factorization import default_convs, tucker2_factorize
 from .models import build_model
 from .structured import bn_l1_penalty, prune_filters
+from .text import lm_loss, load_text
 from .train import bf16_is_fast, fit, get_device
 from .zoo import CHECKPOINT_DIR, load_pretrained
 
@@ -244,7 +245,6 @@ def lenet5_dc(seed=0, device=None, progress=True, directory=CHECKPOINT_DIR):
                             seed=seed, device=device)
 
 
-# Checkpoint name -> the function that makes it (what `checkpoints retrain NAME` calls).
 def vit(seed=0, device=None, progress=True):
     """The CIFAR-10 vision transformer: 30 epochs of AdamW, lr 1e-3 (one-cycle), batch 128,
     weight decay 0.05, label smoothing 0.1, random crops and flips."""
@@ -264,6 +264,18 @@ def vit_distilled(seed=0, device=None, progress=True, directory=CHECKPOINT_DIR):
                           weight_decay=0.05, loss_fn=loss_fn, seed=seed, device=device, progress=progress)
 
 
+def char_gpt(seed=0, device=None, progress=True):
+    """The character-level GPT on Shakespeare's plays: 9 epochs of 500 batches of 64 random
+    windows of 128 characters, next-character cross-entropy, AdamW, lr 1.5e-3 (one-cycle),
+    weight decay 0.1. No test loader: the score is the validation loss, measured afterwards."""
+    corpus = load_text("shakespeare")
+    train = corpus.loader("train", batch_size=64, context=128, batches=500, seed=seed)
+    model = build_model("char_gpt", seed=seed, vocab_size=corpus.vocab_size, context=128)
+    return fit_checkpoint("char_gpt", model, train, None, epochs=9, lr=1.5e-3, optimizer="adamw",
+                          weight_decay=0.1, loss_fn=lm_loss, seed=seed, device=device, progress=progress)
+
+
+# Checkpoint name -> the function that makes it (what `checkpoints retrain NAME` calls).
 BY_NAME = {f.__name__: f for f in (lenet300, lenet5, cifar_cnn, cifar_cnn_dws, cifar_cnn_pruned, cifar_cnn_slim, mlp1200,
                                    mlp800, mlp800_kd, mlp800_kd_no3, cifar_cnn_tucker, cifar_cnn_pruned_kd,
-                                   lenet300_dc, lenet5_dc, vit, vit_distilled)}
+                                   lenet300_dc, lenet5_dc, vit, vit_distilled, char_gpt)}

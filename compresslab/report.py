@@ -7,6 +7,10 @@ Every number is measured when the command runs: test accuracy on the full test s
 size (fp32 parameters; Deep Compression's coded bytes; the int8 ONNX file), FLOPs per image,
 and CPU latency at batch 256 (``metrics.speed_table``, best of a few rounds). Everything but the
 latency is deterministic, and a test checks that README.md shows what this module computes.
+
+The language model gets a table of its own (``language_results``): perplexity on the first 256
+validation windows (32,768 characters) and the stored size, for fp32, weight-only int4 (RTN and
+GPTQ, simulated) and the real int4 model in ONNX Runtime.
 """
 from __future__ import annotations
 
@@ -24,6 +28,8 @@ from .train import evaluate
 
 README = ROOT / "README.md"
 START, END = "<!-- report:start -->", "<!-- report:end -->"
+LM_START, LM_END = "<!-- report-lm:start -->", "<!-- report-lm:end -->"
+LM_WINDOWS = 256
 LATENCY = "latency b256 (ms)"
 SHAPE = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 
@@ -118,19 +124,59 @@ def markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def readme_table(text: str | None = None) -> str:
+def language_results(windows: int = LM_WINDOWS) -> pd.DataFrame:
+    """The char_gpt rows: validation perplexity on ``windows`` windows and bytes as stored
+    (simulated weight-only int4: b + (16 + b) / g bits for each block-linear weight, the rest in
+    fp32; ONNX Runtime int4: the file)."""
+    import math
+
+    from . import llm_deploy, text
+    from .quantization import gptq, weight_only as wo
+    corpus, model = text.load_text("shakespeare"), zoo.load_pretrained("char_gpt", "cpu")
+    calib = list(corpus.loader("train", 32, model.context, batches=4, seed=0))
+    linear = sum(m.weight.numel() for m in wo.block_linears(model).values())
+    params = metrics.count_parameters(model)
+    simulated = lambda bits, g: (linear * wo.bits_per_weight(bits, g) / 8 + 4 * (params - linear))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = llm_deploy.export_lm(model, Path(tmp) / "gpt.onnx")
+        int4 = deploy.quantize_onnx_int4(fp32, Path(tmp) / "gpt_int4.onnx", block_size=32)
+        for technique, m, size in [
+                ("character GPT (6 blocks, 128 characters of context)", model, 4.0 * params),
+                ("weight-only int4, RTN, groups of 64 (simulated)",
+                 wo.quantize_weights(model, lambda w: wo.rtn_quantize(w, 4, 64)), simulated(4, 64)),
+                ("weight-only int4, GPTQ, groups of 64 (simulated)", gptq.gptq_model(model, calib, 4, 64), simulated(4, 64)),
+                ("weight-only int3, GPTQ, groups of 64 (simulated)", gptq.gptq_model(model, calib, 3, 64), simulated(3, 64)),
+                ("int4 in ONNX Runtime (MatMulNBits, blocks of 32)", llm_deploy.OnnxLM(int4, model.context),
+                 float(int4.stat().st_size))]:
+            ppl = math.exp(text.nats_per_char(m, corpus, "val", windows))
+            rows.append({"technique": technique, "checkpoint": "`char_gpt`", "val perplexity": ppl,
+                         "size KB": size / metrics.KB, "compression": 4.0 * params / size})
+    return pd.DataFrame(rows)
+
+
+def language_markdown(table: pd.DataFrame) -> str:
+    cols = ["technique", "checkpoint", f"val perplexity ({LM_WINDOWS * 128:,} characters)", "size KB", "compression"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, r in table.iterrows():
+        lines.append(f"| {r['technique']} | {r['checkpoint']} | {r['val perplexity']:.3f} | {r['size KB']:,.1f} | "
+                     f"{r['compression']:.1f}x |")
+    return "\n".join(lines)
+
+
+def readme_table(text: str | None = None, start: str = START, end: str = END) -> str:
     text = README.read_text() if text is None else text
-    m = re.search(re.escape(START) + r"\n(.*?)\n" + re.escape(END), text, re.S)
+    m = re.search(re.escape(start) + r"\n(.*?)\n" + re.escape(end), text, re.S)
     if not m:
-        raise ValueError(f"README.md has no {START} ... {END} block for the results table.")
+        raise ValueError(f"README.md has no {start} ... {end} block for the results table.")
     return m.group(1)
 
 
-def write_readme(table_md: str) -> None:
+def write_readme(table_md: str, start: str = START, end: str = END) -> None:
     text = README.read_text()
-    readme_table(text)  # the markers must be there
-    README.write_text(re.sub(re.escape(START) + r"\n.*?\n" + re.escape(END),
-                             lambda _: f"{START}\n{table_md}\n{END}", text, flags=re.S))
+    readme_table(text, start, end)  # the markers must be there
+    README.write_text(re.sub(re.escape(start) + r"\n.*?\n" + re.escape(end),
+                             lambda _: f"{start}\n{table_md}\n{end}", text, flags=re.S))
 
 
 def without_column(table_md: str, column: str = LATENCY) -> str:

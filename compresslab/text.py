@@ -123,25 +123,34 @@ def lm_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def nats_per_char(model: nn.Module, corpus: CharCorpus, split: str = "val", limit: int | None = None,
-                  batch_size: int = 64) -> float:
-    """Mean -log p(next character) over consecutive windows of the model's context."""
+def nats_per_window(model: nn.Module, corpus: CharCorpus, split: str = "val", limit: int | None = None,
+                    batch_size: int = 64, start: int = 0) -> torch.Tensor:
+    """Mean -log p(next character) in each consecutive window of the model's context (windows
+    ``start`` to ``start + limit``): one number per window, for paired comparisons of models."""
     was_training = model.training
     model.eval()
     device = model_device(model)
-    x, y = corpus.windows(split, model.context, limit)
-    total = 0.0
+    x, y = corpus.windows(split, model.context, None if limit is None else start + limit)
+    x, y = x[start:], y[start:]
+    out = []
     for i in range(0, len(x), batch_size):
         logits = model(x[i:i + batch_size].to(device)).float()
-        total += F.cross_entropy(logits.flatten(0, 1), y[i:i + batch_size].flatten().to(device),
-                                 reduction="sum").item()
+        nll = F.cross_entropy(logits.transpose(1, 2), y[i:i + batch_size].to(device), reduction="none")
+        out.append(nll.mean(1).cpu())                             # (batch,): one mean per window
     model.train(was_training)
-    return total / y.numel()
+    return torch.cat(out)
 
 
-def perplexity(model: nn.Module, corpus: CharCorpus, split: str = "val", limit: int | None = None) -> float:
+def nats_per_char(model: nn.Module, corpus: CharCorpus, split: str = "val", limit: int | None = None,
+                  batch_size: int = 64, start: int = 0) -> float:
+    """Mean -log p(next character) over consecutive windows of the model's context."""
+    return float(nats_per_window(model, corpus, split, limit, batch_size, start).mean())
+
+
+def perplexity(model: nn.Module, corpus: CharCorpus, split: str = "val", limit: int | None = None,
+               start: int = 0) -> float:
     """exp(nats per character)."""
-    return math.exp(nats_per_char(model, corpus, split, limit))
+    return math.exp(nats_per_char(model, corpus, split, limit, start=start))
 
 
 @torch.no_grad()

@@ -11,9 +11,9 @@ This module *loads* checkpoints and imports no compression technique; how each o
 Retrain them all from scratch (prints the accuracy of each and refuses to overwrite
 existing files unless told to)::
 
-    python -m compresslab checkpoints retrain --force         # all of them, ~4.7 h on 2 CPU cores (the two ViTs 2.2 h)
+    python -m compresslab checkpoints retrain --force         # all of them, ~5.3 h on 2 CPU cores (the two ViTs 2.2 h, the GPT 35 min)
     python -m compresslab checkpoints retrain lenet5 --out /tmp/zoo
-    python -m compresslab checkpoints verify                  # checksums + test accuracy
+    python -m compresslab checkpoints verify                  # checksums + test accuracy (the LM: val nats/char)
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from torch import nn
 
 from .data import DATA_DIR, EVAL_BATCH, dataset_label, load_dataset, sha256
 from .models import DATASET_OF, build_model
+from .text import CORPORA, load_text, nats_per_char
 from .train import bf16_is_fast, evaluate, get_device  # noqa: F401 (bf16_is_fast: notebooks use zoo.bf16_is_fast)
 
 CHECKPOINT_DIR = DATA_DIR / "checkpoints"
@@ -93,9 +94,8 @@ RECIPES = {
     "mlp800_kd_no3": dict(model="mlp800", teacher="mlp1200", T=20, alpha=0.9, drop_class=3,
                           epochs=EPOCHS_800, lr=0.1, batch_size=128, weight_decay=0.0, augment=False,
                           store="float16"),
-    # The vision transformer (notebook 10): AdamW, as transformers are trained, with the usual
-    # decoupled weight decay 0.05; random crops and flips. 30 epochs, 1.7 min each on 2 AMD EPYC
-    # cores with bf16 autocast (about 2.5x slower in float32, where a CPU lacks native bf16).
+    # The vision transformer (notebook 10): AdamW, weight decay 0.05, crops and flips; 30 epochs of
+    # 1.7 min on 2 AMD EPYC cores with bf16 autocast (about 2.5x slower where a CPU lacks bf16).
     "vit": dict(epochs=30, lr=1e-3, optimizer="adamw", batch_size=128, weight_decay=0.05,
                 label_smoothing=0.1, augment=True),
     # DeiT's recipe in miniature (Touvron et al. 2021): the same ViT and training, with half of
@@ -103,6 +103,10 @@ RECIPES = {
     "vit_distilled": dict(model="vit", teacher="cifar_cnn", distillation="hard", epochs=30, lr=1e-3,
                           optimizer="adamw", batch_size=128, weight_decay=0.05, label_smoothing=0.1,
                           augment=True),
+    # The character-level GPT (notebook 11): 9 epochs of 500 batches of 64 random 128-character windows
+    # (37 M characters); AdamW, nanoGPT's weight decay 0.1; 0.46 s a batch on 2 AMD EPYC cores (bf16).
+    "char_gpt": dict(corpus="shakespeare", epochs=9, batches=500, batch_size=64, context=128, lr=1.5e-3,
+                     optimizer="adamw", weight_decay=0.1),
 }
 # Test accuracy (%) each checkpoint must reach (a test checks it). The pruned and the Tucker-2
 # CNN may lose at most 1.5 points against cifar_cnn (the goals of issues 4 and 6), the combined
@@ -112,7 +116,8 @@ RECIPES = {
 TARGETS = {"lenet300": 98.2, "lenet5": 99.1, "cifar_cnn": 88.0, "cifar_cnn_dws": 84.5, "cifar_cnn_slim": 86.0,
            "cifar_cnn_pruned": 86.8, "cifar_cnn_tucker": 86.8, "cifar_cnn_pruned_kd": 86.3, "mlp1200": 98.8, "mlp800": 98.5,
            "mlp800_kd": 98.7, "mlp800_kd_no3": 98.0, "lenet300_dc": 98.34, "lenet5_dc": 99.18, "vit": 78.0,
-           "vit_distilled": 78.0}
+           "vit_distilled": 78.0, "char_gpt": 1.45}
+# The language model is scored by its validation loss in nats per character: its target is a ceiling.
 
 
 def check_checkpoint_name(name: str) -> str:
@@ -128,6 +133,35 @@ def architecture(name: str) -> str:
 
 def dataset_of(name: str) -> str:
     return DATASET_OF[architecture(name)]
+
+
+def metric(name: str) -> str:
+    """The manifest's name of a checkpoint's score: ``val_nats_per_char`` (the LM) or ``test_accuracy``."""
+    return "val_nats_per_char" if dataset_of(name) in CORPORA else "test_accuracy"
+
+
+def score(name: str, model: nn.Module) -> float:
+    """The checkpoint's metric, measured: validation nats per character, or test accuracy (%)."""
+    if metric(name) == "val_nats_per_char":
+        return nats_per_char(model, load_text(dataset_of(name)), "val")
+    return evaluate(model, load_dataset(dataset_of(name)).loader("test", EVAL_BATCH))["accuracy"]
+
+
+def meets_target(name: str, value: float) -> bool:
+    """Accuracy at least its target; nats per character at most its ceiling."""
+    return value <= TARGETS[name] if metric(name) == "val_nats_per_char" else value >= TARGETS[name]
+
+
+def describe(name: str, value: float) -> tuple[str, str]:
+    """The score and its target as printed: ('98.21% test accuracy', '98.2%'), ('1.404 val nats/char', '<= 1.45')."""
+    if metric(name) == "val_nats_per_char":
+        return f"{value:.3f} val nats/char", f"<= {TARGETS[name]}"
+    return f"{value:.2f}% test accuracy", f"{TARGETS[name]}%"
+
+
+def label_of(name: str) -> str:
+    """The data a checkpoint was scored on, as results name it."""
+    return "Shakespeare's plays (Project Gutenberg)" if dataset_of(name) in CORPORA else dataset_label(dataset_of(name))
 
 
 class ChecksumError(RuntimeError):
@@ -221,26 +255,27 @@ def retrain(names=None, out_dir: Path = CHECKPOINT_DIR, force: bool = False, see
         seconds = time.perf_counter() - start
         model.to("cpu")
         state = stored_state(model, RECIPES[name].get("store", "float32"))
-        if len(history) and state is None:
-            acc = history["test_acc"].iloc[-1]  # fit evaluated the final model on the test set
-        else:  # epochs=0, or weights rounded for storage: measure what the file holds
+        if len(history) and state is None and "test_acc" in history:
+            value = history["test_acc"].iloc[-1]  # fit evaluated the final model on the test set
+        else:  # epochs=0, weights rounded for storage, or the language model: measure the file's weights
             model.load_state_dict(state or model.state_dict())
-            acc = evaluate(model, load_dataset(dataset_of(name)).loader("test", EVAL_BATCH))["accuracy"]
+            value = score(name, model)
         path = out_dir / f"{name}.pt"
         tmp = path.with_suffix(".tmp")
         torch.save(state or {k: v.contiguous() for k, v in model.state_dict().items()}, tmp)
         tmp.replace(path)
         manifest[name] = {
-            "file": path.name, "sha256": sha256(path), "test_accuracy": round(acc, 2),
+            "file": path.name, "sha256": sha256(path),
+            metric(name): round(value, 2 if metric(name) == "test_accuracy" else 4),
             "model": architecture(name), "options": model_options(model, name),
-            "dataset": dataset_of(name), "dataset_label": dataset_label(dataset_of(name)), "seed": seed, "recipe": RECIPES[name],
+            "dataset": dataset_of(name), "dataset_label": label_of(name), "seed": seed, "recipe": RECIPES[name],
             "train_seconds": round(seconds), "device": str(get_device(device)),
             "bf16_autocast": bf16_is_fast(get_device(device)), "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
             "python": platform.python_version(),
         }
         (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         write_readme(out_dir, manifest)
-        print(f"{name}: test accuracy {acc:.2f}% (target {TARGETS[name]}%), "
+        print(f"{name}: {'{} (target {})'.format(*describe(name, value))}, "
               f"{seconds:.0f} s, sha256 {manifest[name]['sha256'][:12]}... -> {path}", flush=True)
     return manifest
 
@@ -275,6 +310,8 @@ def model_options(model: nn.Module, name: str) -> dict:
         heads, mlp_dims = [b.attn.heads for b in model.blocks], [b.fc1.out_features for b in model.blocks]
         if heads != [6] * len(heads) or mlp_dims != [384] * len(mlp_dims):
             options.update(heads=heads, mlp_dims=mlp_dims)
+    if architecture(name) == "char_gpt":  # the vocabulary is the corpus's set of characters
+        options["vocab_size"] = model.tok.num_embeddings
     return options
 
 
@@ -284,11 +321,11 @@ def write_readme(out_dir: Path, manifest: dict) -> None:
              "Written by `python -m compresslab checkpoints retrain` from `manifest.json`; do not edit by hand.",
              "Each file is a plain `state_dict`, loaded with `torch.load(..., weights_only=True)`",
              "after its sha256 is checked against the manifest.", "",
-             "| model | dataset | test accuracy | target | epochs | seed | wall time | device | threads | torch | command |",
+             "| model | dataset | score | target | epochs | seed | wall time | device | threads | torch | command |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, e in manifest.items():
         label = e.get("dataset_label", e["dataset"])
-        lines.append(f"| `{name}` | {label} | {e['test_accuracy']:.2f}% | {TARGETS[name]}% | "
+        lines.append(f"| `{name}` | {label} | {' | '.join(describe(name, e[metric(name)]))} | "
                      f"{e['recipe']['epochs']} | {e['seed']} | {e['train_seconds'] / 60:.1f} min | "
                      f"{e['device']} | {e['cpu_threads']} | {e['torch']} | "
                      f"`python -m compresslab checkpoints retrain {name} --force --seed {e['seed']}` |")
@@ -300,22 +337,21 @@ def write_readme(out_dir: Path, manifest: dict) -> None:
               "Tucker-2-factorized at that fraction of its channels as ranks, then fine-tuned; `teacher` (+ `T`,",
               "`alpha`): trained with the distillation loss from that checkpoint, without class `drop_class` if",
               "given; `deep_compression`: Han et al.'s pruning in `rounds` rounds of `epochs` epochs, then k-means",
-              "weight sharing (compresslab/deep_compression.py):", ""]
+              "weight sharing (compresslab/deep_compression.py); `corpus`: the language model's text, read in",
+              "`batches` random windows of `context` characters an epoch (compresslab/text.py):", ""]
     for name, e in manifest.items():
         lines.append(f"- `{name}`: {json.dumps(e['recipe'])}")
     (out_dir / "README.md").write_text("\n".join(lines) + "\n")
 
 
 def verify(directory: Path = CHECKPOINT_DIR) -> bool:
-    """Check every checkpoint's checksum and test accuracy; print one line each."""
+    """Check every checkpoint's checksum and score (test accuracy, or the LM's nats); one line each."""
     ok = True
     for name in RECIPES:
         try:
-            model = load_pretrained(name, "cpu", directory)
-            ds = load_dataset(dataset_of(name))
-            acc = evaluate(model, ds.loader("test", EVAL_BATCH))["accuracy"]
-            good = acc >= TARGETS[name]
-            print(f"{'ok  ' if good else 'LOW '} {name}: {acc:.2f}% (target {TARGETS[name]}%)")
+            value = score(name, load_pretrained(name, "cpu", directory))
+            good = meets_target(name, value)
+            print(f"{'ok  ' if good else 'LOW '} {name}: {'{} (target {})'.format(*describe(name, value))}")
             ok &= good
         except Exception as e:
             print(f"FAIL {name}: {e}")

@@ -1,5 +1,6 @@
 """The language-model building blocks: the causal GPT, the character corpus, weight-only
 quantization (RTN, GPTQ), number formats (NF4, FP8, MX) and one-shot pruning (Wanda, SparseGPT)."""
+import hashlib
 import math
 
 import pytest
@@ -78,6 +79,17 @@ def test_generate_extends_the_prompt_and_is_seeded():
     gpt = small_gpt(c.vocab_size)
     a = text.generate(gpt, c, "All:", 20, seed=3)
     assert a.startswith("All:") and len(a) == 24 and a == text.generate(gpt, c, "All:", 20, seed=3)
+
+
+def test_committed_corpus_loads_offline_and_is_the_documented_text():
+    """data/text/shakespeare.txt is in git (no download), byte for byte what data/text/README.md
+    says it is, split at 90%."""
+    path = text.TEXT_DIR / text.CORPORA["shakespeare"]
+    readme = (text.TEXT_DIR / "README.md").read_text()
+    assert hashlib.sha256(path.read_bytes()).hexdigest() in readme
+    c = text.load_text("shakespeare")
+    assert c.vocab_size == 83 and len(c.split("train")) == 4_365_406 and len(c.split("val")) == 485_046
+    assert c.decode(c.split("train")[:6]) == "ALL'S " and "HAMLET, PRINCE OF DENMARK" in c.decode(c.split("train"))
 
 
 def test_load_text_errors():
@@ -225,3 +237,50 @@ def test_awq_salient_channels_scales_and_search():
     assert torch.allclose((w * s) / s, w, atol=1e-6) and s.max() * s.min() == pytest.approx(1.0, rel=1e-5)
     alpha, errors = awq.search_alpha(w, x, 3, 128, grid=10)
     assert errors[0.0] == pytest.approx(rtn, rel=1e-5) and alpha > 0 and errors[alpha] < 0.8 * rtn
+
+
+def test_nats_per_window_averages_to_nats_per_char_and_starts_where_asked():
+    c, model = text.CharCorpus(TEXT), small_gpt()
+    c.splits["val"] = c.encode(TEXT[:800])
+    per = text.nats_per_window(model, c, "val")
+    assert per.shape == ((800 - 1) // model.context,)
+    assert text.nats_per_char(model, c, "val") == pytest.approx(float(per.mean()), rel=1e-6)
+    assert torch.allclose(text.nats_per_window(model, c, "val", limit=5, start=3), per[3:8])
+
+
+def test_kv_cache_bytes_and_int8_rounding_of_keys_and_values_only():
+    from compresslab.quantization import kv_cache
+    model = small_gpt()
+    assert kv_cache.kv_bytes_per_token(model, 16) == 2 * 2 * 2 * 16 * 2          # k and v, 2 blocks, 2 x 16, fp16
+    assert kv_cache.kv_bytes_per_token(build_model("char_gpt", vocab_size=83), 32) == 2 * 6 * 192 * 4
+    ids = torch.randint(0, 30, (2, 16))
+    seen = {}
+    q8 = kv_cache.quantize_kv(model, 8)
+    q8.blocks[0].attn.qkv.register_forward_hook(lambda m, a, out: seen.update(out=out))   # runs after the rounding
+    handle = model.blocks[0].attn.qkv.register_forward_hook(lambda m, a, out: seen.update(plain=out))
+    with torch.no_grad():
+        ref, got = model(ids), q8(ids)
+        handle.remove()
+        rough = kv_cache.quantize_kv(model, 2)(ids)
+    q, kv = seen["out"][..., :32], seen["out"][..., 32:].unflatten(-1, (2, 2, 16))
+    assert torch.allclose(q, seen["plain"][..., :32])                             # queries untouched
+    steps = kv / (kv.abs().amax(-1, keepdim=True) / 127)
+    assert torch.allclose(steps, steps.round(), atol=1e-3)                         # k, v on a 255-level grid per vector
+    assert (got - ref).abs().max() < (rough - ref).abs().max()
+
+
+@pytest.mark.slow
+def test_onnx_export_matches_pytorch_and_int4_is_matmulnbits(tmp_path):
+    from compresslab import deploy, llm_deploy
+    model = small_gpt()
+    fp32 = llm_deploy.export_lm(model, tmp_path / "m.onnx")
+    ids = torch.randint(0, 30, (3, 11))
+    assert torch.allclose(llm_deploy.OnnxLM(fp32, model.context)(ids), model(ids), atol=1e-4)
+    int4 = deploy.quantize_onnx_int4(fp32, tmp_path / "m4.onnx", block_size=16)
+    ops = deploy.graph_ops(int4)
+    assert ops.get("MatMulNBits", 0) == 2 * 4 + 1      # every linear of the 2 blocks, and the output layer
+    assert ops.get("MatMul", 0) == 2 * 2               # what is left: Q K^T and P V of each block
+    assert llm_deploy.OnnxLM(int4, model.context)(ids).shape == (3, 11, 30)
+    speed = llm_deploy.tokens_per_second({"a": model, "b": model}, model.context, rounds=2, min_run_time=0.01)
+    assert list(speed.columns) == ["prefill tokens/s", "prefill SD", "decode tokens/s", "decode SD"]
+    assert (speed[["prefill tokens/s", "decode tokens/s"]] > 0).all().all()

@@ -12,7 +12,7 @@ import inspect
 import pytest
 import torch
 
-from compresslab import recipes, zoo
+from compresslab import recipes, text, zoo
 from compresslab.data import load_dataset
 from compresslab.deep_compression import HAN
 
@@ -43,12 +43,19 @@ def budget(monkeypatch):
         monkeypatch.setattr(recipes, name, wrapper)
 
     monkeypatch.setattr(recipes, "load_dataset", tiny)
-    spy("fit", lambda a, k: ((a[0], a[1], min(a[2], 1), *a[3:]), k))                 # epochs <= 1
+    spy("fit", lambda a, k: ((a[0], few_windows(a[1]), min(a[2], 1), *a[3:]), k))    # epochs <= 1
     spy("prune_and_retrain", lambda a, k: ((*a[:3], 1, 1, *a[5:]), k))              # 1 round of 1 epoch
     for name in ("share_weights", "distillation_loss_fn", "hard_distillation_loss_fn", "slimming_loss",
                  "load_pretrained"):
         spy(name)
     return calls
+
+
+def few_windows(loader):
+    """The language model's loader cut to 2 batches (the image loaders are cut by `tiny`)."""
+    if isinstance(loader, text.WindowLoader):
+        return text.WindowLoader(loader.ids, loader.batch_size, loader.context, 2, loader.seed)
+    return loader
 
 
 def expected_shapes(name):
@@ -83,6 +90,14 @@ def test_recipe_trains_the_checkpoints_architecture_with_its_recorded_settings(n
         assert options["weight_decay"] == settings["weight_decay"]
         assert options.get("optimizer", "sgd") == settings.get("optimizer", "sgd")
         assert options.get("schedule", "onecycle") == settings.get("schedule", "onecycle")
+        if "corpus" in settings:  # the language model: no test loader, scored on validation text afterwards
+            train = call["train_loader"]
+            assert options["test_loader"] is None and options["loss_fn"] is text.lm_loss
+            assert (train.batch_size, train.context, train.batches) == \
+                (settings["batch_size"], settings["context"], settings["batches"])
+            assert len(train.ids) == len(text.load_text(settings["corpus"]).split("train"))
+            assert list(history["epoch"]) == [1] and history["train_loss"].notna().all()
+            return
         if "bn_l1" in settings:  # the label smoothing goes into the slimming loss
             (loss,) = budget["slimming_loss"]
             assert (loss["lam"], loss["label_smoothing"]) == (settings["bn_l1"], settings["label_smoothing"])

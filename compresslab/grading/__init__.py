@@ -12,3 +12,4 @@ from .distillation import *  # noqa: F401,F403
 from .factorization import *  # noqa: F401,F403
 from .coding import *  # noqa: F401,F403
 from .transformer import *  # noqa: F401,F403
+from .language import *  # noqa: F401,F403

@@ -21,9 +21,10 @@ One module per concern, each stating its math in its docstring:
 * ``weight_only`` a language model's weights, group-wise round-to-nearest, and bits per weight;
 * ``gptq``        GPTQ (Frantar et al. 2023): rounding column by column, errors spread by the Hessian;
 * ``awq``         AWQ (Lin et al. 2024): salient input channels, scaled before rounding;
-* ``formats``     NF4, FP8 (E4M3, E5M2) and the OCP microscaling formats MXFP4 / MXFP8.
+* ``formats``     NF4, FP8 (E4M3, E5M2) and the OCP microscaling formats MXFP4 / MXFP8;
+* ``kv_cache``    a decoder's KV cache: its bytes per token, keys and values rounded to int8.
 
-Every public name of the first six is re-exported here (the modules after them, ``adaround`` to ``formats``, are
+Every public name of the first six is re-exported here (the modules after them, ``adaround`` to ``kv_cache``, are
 imported as modules: ``from compresslab.quantization import adaround``), so ``from compresslab import quantization as Q`` and
 ``Q.qparams(...)``, ``Q.quantize_model(...)``, ... work whatever module defines them.
 

@@ -31,7 +31,7 @@ from torch import nn
 
 from .affine import dequantize, qparams_from_range, quantize
 from .transformer_ops import capture
-from .weight_only import block_linears, check_group_size
+from .weight_only import check_group_size, linears_by_block
 
 
 def hessian(x: torch.Tensor) -> torch.Tensor:
@@ -85,11 +85,13 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, bits: int = 4, group_size: i
 @torch.no_grad()
 def gptq_model(model: nn.Module, loader, bits: int = 4, group_size: int = 128, batches: int = 8,
                damp: float = 0.01) -> nn.Module:
-    """A copy of ``model`` with every block linear quantized by GPTQ, in order: each layer's
-    Hessian comes from the inputs it receives in the model whose earlier layers are already
-    quantized (as in the paper), over ``batches`` batches of calibration text."""
+    """A copy of ``model`` with every block linear quantized by GPTQ, block after block: the
+    Hessians of a block's four linears come from the inputs they receive in the model whose
+    earlier blocks are already quantized (as in the paper's code), over ``batches`` batches of
+    calibration text."""
     model = copy.deepcopy(model)
-    for name, layer in block_linears(model).items():
-        x = capture(model, {name: layer}, loader, batches)[name]
-        layer.weight.copy_(gptq_quantize(layer.weight, hessian(x), bits, group_size, damp=damp))
+    for layers in linears_by_block(model):
+        inputs = capture(model, layers, loader, batches)             # this block's inputs, one pass
+        for name, layer in layers.items():
+            layer.weight.copy_(gptq_quantize(layer.weight, hessian(inputs[name]), bits, group_size, damp=damp))
     return model

@@ -55,11 +55,17 @@ def bits_per_weight(bits: float, group_size: int | None, scale_bits: int = SCALE
     return bits + (scale_bits + zero_bits) / group_size
 
 
+def linears_by_block(model: nn.Module) -> list[dict[str, nn.Linear]]:
+    """The linear layers of each transformer block (qkv, proj, fc1, fc2), one dict per block,
+    named as in the model (``blocks.3.fc1``)."""
+    return [{f"blocks.{i}.{n}": m for n, m in block.named_modules() if isinstance(m, nn.Linear)}
+            for i, block in enumerate(model.blocks)]
+
+
 def block_linears(model: nn.Module) -> dict[str, nn.Linear]:
     """The linear layers inside the transformer blocks (qkv, proj, fc1, fc2 of every block):
     what the papers quantize. The embedding and the output layer are left out."""
-    return {f"blocks.{i}.{n}": m for i, block in enumerate(model.blocks)
-            for n, m in block.named_modules() if isinstance(m, nn.Linear)}
+    return {name: m for layers in linears_by_block(model) for name, m in layers.items()}
 
 
 @torch.no_grad()
