@@ -9,9 +9,11 @@ For a layer y = W x with calibration inputs X (rows x in):
   *within their output row* (every row keeps the same share), not across the layer.
 * **SparseGPT** (Frantar & Alistarh 2023): Optimal Brain Surgeon with GPTQ's machinery. Going
   left to right through the columns with the same Hessian H = 2 X^T X / rows (``gptq``), each
-  block of 128 columns picks its pruned weights by w^2 / [H^-1]_jj^2 (the OBS saliency), zeroes
-  them, and the error of each column is spread over the columns after it, exactly as GPTQ spreads
-  a rounding error: the kept weights are *changed* to reconstruct the layer's output.
+  block of 128 columns picks its pruned weights by w^2 / U_jj^2 = w^2 / [H_F^-1]_jj (the OBS
+  saliency, H_F^-1 the inverse Hessian of the columns not yet pruned, U its Cholesky factor),
+  among all the block's weights, every row together (as the authors' code does), zeroes them,
+  and the error of each column is spread over the columns after it, exactly as GPTQ spreads a
+  rounding error: the kept weights are *changed* to reconstruct the layer's output.
 
 **N:M** sparsity (NVIDIA's 2:4 on Ampere and later): in every group of M consecutive weights of
 a row, at most N are non-zero; 2:4 and 4:8 are both 50% sparse. GPU sparse tensor cores skip the

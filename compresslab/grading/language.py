@@ -109,5 +109,5 @@ def bits_plan(plan) -> str:
                      - plan_reference_nats())
     expect(ratio <= ratio_max, f"{bits:.3f} bits per weight, but the perplexity is {ratio:.3f}x the float model's, "
                                f"more than {ratio_max:g}x: a method that corrects its rounding errors "
-                               "(sections 2 and 3), or smaller groups.")
+                               "(sections 3 and 4), or smaller groups.")
     return f"{bits:.3f} bits per weight, perplexity {ratio:.3f}x the float model's (at most {ratio_max:g}x allowed)"
