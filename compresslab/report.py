@@ -133,7 +133,7 @@ def language_results(windows: int = LM_WINDOWS) -> pd.DataFrame:
     from . import llm_deploy, text
     from .quantization import gptq, weight_only as wo
     corpus, model = text.load_text("shakespeare"), zoo.load_pretrained("char_gpt", "cpu")
-    calib = list(corpus.loader("train", 32, model.context, batches=4, seed=0))
+    calib = text.calibration_windows(corpus, model.context)
     linear = sum(m.weight.numel() for m in wo.block_linears(model).values())
     params = metrics.count_parameters(model)
     simulated = lambda bits, g: (linear * wo.bits_per_weight(bits, g) / 8 + 4 * (params - linear))

@@ -116,6 +116,14 @@ def load_text(name: str = "shakespeare") -> CharCorpus:
     return CharCorpus(path.read_text(encoding="utf-8"), name)
 
 
+def calibration_windows(corpus: CharCorpus, context: int = 128, batches: int = 4,
+                        batch_size: int = 32) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The fixed calibration text of GPTQ, AWQ, SmoothQuant and the pruners: ``batches`` batches of
+    ``batch_size`` random training windows of ``context`` characters, always drawn with seed 0, so
+    the notebook, its exercises and the report calibrate on the same characters."""
+    return list(corpus.loader("train", batch_size, context, batches=batches, seed=0))
+
+
 def lm_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of the next character over every position: a ``train.fit`` loss_fn."""
     logits = model(x)                                             # (B, T, vocab)

@@ -109,8 +109,8 @@ RECIPES = {
                      optimizer="adamw", weight_decay=0.1, store="float16"),
 }
 # Test accuracy (%) each checkpoint must reach (a test checks it). The pruned and the Tucker-2
-# CNN may lose at most 1.5 points against cifar_cnn (the goals of issues 4 and 6), the combined
-# pipeline's at most 2 and the Deep Compression LeNets at most 0.1 (issue 7). The L1 penalty
+# CNN may lose at most 1.5 points against cifar_cnn, the combined pipeline's at most 2 and the
+# Deep Compression LeNets at most 0.1 (what the notebooks promise of them). The L1 penalty
 # costs the slim CNN about 2 points in 20 epochs (86.3% measured; Liu et al. lose none, but
 # train 160 epochs). The MNIST students: floors a little under what they reached.
 TARGETS = {"lenet300": 98.2, "lenet5": 99.1, "cifar_cnn": 88.0, "cifar_cnn_dws": 84.5, "cifar_cnn_slim": 86.0,

@@ -64,6 +64,17 @@ def test_window_loader_is_repeatable_and_shifted():
     assert torch.equal(x[:, 1:], y[:, :-1])
 
 
+def test_calibration_windows_are_the_same_training_windows_at_every_call():
+    c = text.CharCorpus(TEXT)
+    a, b = text.calibration_windows(c, 8, batches=3), text.calibration_windows(c, 8, batches=3)
+    assert len(a) == 3 and a[0][0].shape == (32, 8)
+    assert all(torch.equal(xa, xb) and torch.equal(ya, yb) for (xa, ya), (xb, yb) in zip(a, b))
+    train = c.split("train").tolist()
+    row = a[0][0][0].tolist()                       # a window of the training text
+    assert any(train[i:i + 8] == row for i in range(len(train) - 8))
+    assert torch.equal(text.calibration_windows(c, 8, batches=2)[1][0], a[1][0])  # a prefix of the same draw
+
+
 def test_perplexity_of_a_uniform_model_is_the_vocabulary_size():
     c = text.CharCorpus(TEXT)
     gpt = small_gpt(c.vocab_size)

@@ -34,16 +34,26 @@ def test_readme_results_table_is_what_the_report_computes():
         assert ours == theirs
 
 
+# Perplexities that depend on the CPU's kernels, compared within 1% (relative):
+# - ONNX Runtime's int4 MatMulNBits multiplies in int8 with CPU-specific kernels;
+# - GPTQ rounds one column at a time and feeds each rounding error into the columns after it, so
+#   the float32 Cholesky and matmuls of another CPU (MKL/oneDNN pick AVX-512 or AMX code) flip some
+#   codes: int3 g64 gave 3.986 on an AMD EPYC (VNNI) and 3.996 on an Intel Xeon (AMX), +0.25%.
+# 1% is four times that, and far below what a broken GPTQ costs (without its error feedback it is
+# RTN: about 4% higher perplexity at int3, notebook 11). Round-to-nearest rows and sizes: exact.
+LM_TOLERANCE = 0.01
+
+
 @pytest.mark.slow
 def test_readme_language_model_table_is_what_the_report_computes():
-    """The char_gpt table: sizes exactly; perplexities to 3 decimals, except the ONNX Runtime
-    int4 row, whose kernel multiplies in int8 with CPU-specific kernels (within 1%)."""
+    """The char_gpt table: sizes exactly; perplexities to 3 decimals, except the ONNX Runtime and
+    GPTQ rows, within LM_TOLERANCE (CPU-dependent kernels, see above)."""
     computed = rows_of(report.language_markdown(report.language_results()))
     readme = rows_of(report.readme_table(start=report.LM_START, end=report.LM_END))
     assert len(readme) == len(computed)
     for ours, theirs in zip(readme, computed):
-        if "ONNX Runtime" in ours[0]:
-            assert abs(float(ours[2]) / float(theirs[2]) - 1) < 0.01, (ours, theirs)
+        if "ONNX Runtime" in ours[0] or "GPTQ" in ours[0]:
+            assert abs(float(ours[2]) / float(theirs[2]) - 1) < LM_TOLERANCE, (ours, theirs)
             ours, theirs = ours[:2] + ours[3:], theirs[:2] + theirs[3:]
         assert ours == theirs
 

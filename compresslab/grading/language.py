@@ -8,6 +8,7 @@ import torch
 
 from .. import llm_pruning
 from ..quantization import awq, gptq, weight_only
+from ..text import calibration_windows
 from .common import call, expect, mapping, switched_off, tensor, whole
 
 __all__ = ["wanda_cases", "wanda_mask", "BITS_PLAN_TARGET", "bits_plan_model", "bits_plan"]
@@ -64,11 +65,6 @@ def corpus_and_model():
     return load_text("shakespeare"), load_pretrained("char_gpt", "cpu")
 
 
-def calibration(corpus, batches: int = 4):
-    """Fixed calibration windows from the training text (the same ones the notebook uses)."""
-    return list(corpus.loader("train", 32, 128, batches=batches, seed=0))
-
-
 def bits_plan_model(plan: dict):
     """The pretrained char_gpt with its block linears quantized as the plan says."""
     corpus, model = corpus_and_model()
@@ -76,8 +72,8 @@ def bits_plan_model(plan: dict):
     if plan["method"] == "rtn":
         return weight_only.quantize_weights(model, lambda w: weight_only.rtn_quantize(w, bits, g))
     if plan["method"] == "gptq":
-        return gptq.gptq_model(model, calibration(corpus), bits, g)
-    return awq.awq_model(model, calibration(corpus, 2), bits, g, grid=10)[0]
+        return gptq.gptq_model(model, calibration_windows(corpus), bits, g)
+    return awq.awq_model(model, calibration_windows(corpus, batches=2), bits, g, grid=10)[0]
 
 
 @functools.cache
